@@ -1,0 +1,1004 @@
+//! A pure, resumable parser for the client side of the NATS protocol.
+//!
+//! The parser owns an input buffer. Bytes are appended in chunks of any size
+//! ([`Parser::feed`], or directly into [`Parser::buffer_mut`] to read from a
+//! socket without copying) and complete operations are pulled out with
+//! [`Parser::next_op`]. Nothing here does I/O, so every edge case is unit
+//! tested by feeding bytes one at a time or in random splits.
+//!
+//! Message bodies are handed out as [`Bytes`] slices of the input buffer, so
+//! a payload is never copied between the socket and the subscribers' frames.
+//!
+//! Behaviour follows nats-server's `parser.go`: operation names are case
+//! insensitive, control lines end in CRLF or a bare LF, a line longer than
+//! the control-line limit is refused, a PUB/HPUB announcing more than
+//! `max_payload` bytes is refused as soon as its control line is complete
+//! (before the body arrives), and an unknown operation is refused as soon as
+//! its first bytes show it is unknown. Every parser error is fatal to the
+//! connection; after one, the parser keeps returning it.
+
+use bytes::{Buf, Bytes, BytesMut};
+use serde::Deserialize;
+
+use crate::error::ProtocolError;
+
+/// Default maximum control line length (nats-server's `MAX_CONTROL_LINE_SIZE`).
+pub const DEFAULT_MAX_CONTROL_LINE: usize = 4096;
+/// Default maximum message size, headers included (nats-server's 1 MiB).
+pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
+
+/// Size limits enforced while parsing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParserLimits {
+    /// Maximum length of a control line, excluding its line ending.
+    pub max_control_line: usize,
+    /// Maximum message size (headers plus payload).
+    pub max_payload: usize,
+}
+
+impl Default for ParserLimits {
+    fn default() -> Self {
+        ParserLimits {
+            max_control_line: DEFAULT_MAX_CONTROL_LINE,
+            max_payload: DEFAULT_MAX_PAYLOAD,
+        }
+    }
+}
+
+/// The CONNECT options a client declares.
+///
+/// Fields missing from the JSON take nats-server's defaults, which are *not*
+/// all false: `verbose`, `pedantic` and `echo` default to true, so a bare
+/// `CONNECT {}` (or no CONNECT at all) gets `+OK` acknowledgements.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct ConnectOptions {
+    /// Acknowledge every operation with `+OK`.
+    pub verbose: bool,
+    /// Ask for strict checking.
+    pub pedantic: bool,
+    /// The client requires TLS.
+    pub tls_required: bool,
+    /// Token authentication.
+    pub auth_token: Option<String>,
+    /// User name.
+    pub user: Option<String>,
+    /// Password.
+    pub pass: Option<String>,
+    /// Optional client name.
+    pub name: Option<String>,
+    /// Client library language.
+    pub lang: Option<String>,
+    /// Client library version.
+    pub version: Option<String>,
+    /// Protocol level (0 or 1).
+    pub protocol: i64,
+    /// Deliver the client's own messages back to its matching subscriptions.
+    pub echo: bool,
+    /// The client understands HMSG.
+    pub headers: bool,
+    /// The client wants a 503 status message for requests nobody serves.
+    pub no_responders: bool,
+    /// User JWT.
+    pub jwt: Option<String>,
+    /// NKey public key.
+    pub nkey: Option<String>,
+    /// Signed nonce.
+    pub sig: Option<String>,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            verbose: true,
+            pedantic: true,
+            tls_required: false,
+            auth_token: None,
+            user: None,
+            pass: None,
+            name: None,
+            lang: None,
+            version: None,
+            protocol: 0,
+            echo: true,
+            headers: false,
+            no_responders: false,
+            jwt: None,
+            nkey: None,
+            sig: None,
+        }
+    }
+}
+
+// Written by hand so credentials never reach a log line through `{:?}`.
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redact = |o: &Option<String>| o.as_ref().map(|_| "<redacted>");
+        f.debug_struct("ConnectOptions")
+            .field("verbose", &self.verbose)
+            .field("pedantic", &self.pedantic)
+            .field("tls_required", &self.tls_required)
+            .field("auth_token", &redact(&self.auth_token))
+            .field("user", &self.user)
+            .field("pass", &redact(&self.pass))
+            .field("name", &self.name)
+            .field("lang", &self.lang)
+            .field("version", &self.version)
+            .field("protocol", &self.protocol)
+            .field("echo", &self.echo)
+            .field("headers", &self.headers)
+            .field("no_responders", &self.no_responders)
+            .field("jwt", &redact(&self.jwt))
+            .field("nkey", &self.nkey)
+            .field("sig", &redact(&self.sig))
+            .finish()
+    }
+}
+
+/// One operation sent by a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientOp {
+    /// `CONNECT {json}`.
+    Connect(Box<ConnectOptions>),
+    /// `PUB <subject> [reply] <size>` and its payload.
+    Pub {
+        /// Subject, not yet validated.
+        subject: Bytes,
+        /// Reply subject, not yet validated.
+        reply: Option<Bytes>,
+        /// Message body.
+        payload: Bytes,
+    },
+    /// `HPUB <subject> [reply] <header size> <total size>` and its body.
+    Hpub {
+        /// Subject, not yet validated.
+        subject: Bytes,
+        /// Reply subject, not yet validated.
+        reply: Option<Bytes>,
+        /// Header block, `NATS/1.0...\r\n\r\n` as sent.
+        headers: Bytes,
+        /// Message body after the header block.
+        payload: Bytes,
+    },
+    /// `SUB <subject> [queue] <sid>`.
+    Sub {
+        /// Subject filter, not yet validated.
+        subject: Bytes,
+        /// Queue group.
+        queue: Option<Bytes>,
+        /// Client-chosen subscription id.
+        sid: Bytes,
+    },
+    /// `UNSUB <sid> [max]`.
+    Unsub {
+        /// Subscription id.
+        sid: Bytes,
+        /// Remove after this many deliveries in total instead of now.
+        max: Option<u64>,
+    },
+    /// `PING`.
+    Ping,
+    /// `PONG`.
+    Pong,
+}
+
+/// Known operations, their spelling and how their control line continues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OpKind {
+    Pub,
+    Hpub,
+    Sub,
+    Unsub,
+    Connect,
+    Ping,
+    Pong,
+    Info,
+    Ok,
+    Err,
+}
+
+/// How the byte after an operation name is constrained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Follow {
+    /// At least one space or tab, then arguments.
+    Space,
+    /// Optional spaces or tabs, then an argument (CONNECT, INFO).
+    Anything,
+    /// Whatever follows up to the line end is ignored (PING, PONG, +OK), as
+    /// nats-server does.
+    Ignored,
+}
+
+const OPS: &[(&[u8], OpKind, Follow)] = &[
+    (b"PUB", OpKind::Pub, Follow::Space),
+    (b"HPUB", OpKind::Hpub, Follow::Space),
+    (b"SUB", OpKind::Sub, Follow::Space),
+    (b"UNSUB", OpKind::Unsub, Follow::Space),
+    (b"CONNECT", OpKind::Connect, Follow::Anything),
+    (b"PING", OpKind::Ping, Follow::Ignored),
+    (b"PONG", OpKind::Pong, Follow::Ignored),
+    (b"INFO", OpKind::Info, Follow::Anything),
+    (b"+OK", OpKind::Ok, Follow::Ignored),
+    (b"-ERR", OpKind::Err, Follow::Space),
+];
+
+fn is_space(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
+/// Whether `start` (the beginning of a control line, possibly incomplete)
+/// can still become a known operation.
+fn prefix_is_possible(start: &[u8]) -> bool {
+    OPS.iter().any(|(name, _, follow)| {
+        let n = start.len().min(name.len());
+        if !start[..n].eq_ignore_ascii_case(&name[..n]) {
+            return false;
+        }
+        match start.get(name.len()) {
+            None => true,
+            Some(b) => *follow != Follow::Space || is_space(*b),
+        }
+    })
+}
+
+/// Identifies the operation of a complete control line.
+fn identify(line: &[u8]) -> Option<(OpKind, usize)> {
+    OPS.iter().find_map(|(name, kind, follow)| {
+        if line.len() < name.len() || !line[..name.len()].eq_ignore_ascii_case(name) {
+            return None;
+        }
+        match follow {
+            Follow::Space if !line.get(name.len()).is_some_and(|b| is_space(*b)) => None,
+            _ => Some((*kind, name.len())),
+        }
+    })
+}
+
+const MAX_ARGS: usize = 4;
+
+/// Splits `line[from..]` on spaces and tabs into at most [`MAX_ARGS`] slices.
+/// Returns `None` when there are more.
+fn split_args(line: &Bytes, from: usize) -> Option<Vec<Bytes>> {
+    let mut args = Vec::with_capacity(MAX_ARGS);
+    let mut start: Option<usize> = None;
+    for (i, b) in line.iter().enumerate().skip(from) {
+        if is_space(*b) {
+            if let Some(s) = start.take() {
+                if args.len() == MAX_ARGS {
+                    return None;
+                }
+                args.push(line.slice(s..i));
+            }
+        } else if start.is_none() {
+            start = Some(i);
+        }
+    }
+    if let Some(s) = start {
+        if args.len() == MAX_ARGS {
+            return None;
+        }
+        args.push(line.slice(s..));
+    }
+    Some(args)
+}
+
+/// Parses a decimal size as nats-server does: digits only, no sign.
+fn parse_size(arg: &[u8]) -> Option<usize> {
+    if arg.is_empty() {
+        return None;
+    }
+    arg.iter().try_fold(0usize, |acc, b| {
+        if b.is_ascii_digit() {
+            acc.checked_mul(10)?.checked_add(usize::from(b - b'0'))
+        } else {
+            None
+        }
+    })
+}
+
+fn invalid(op: &'static str, line: &[u8]) -> ProtocolError {
+    const SNIPPET: usize = 64;
+    let shown = &line[..line.len().min(SNIPPET)];
+    ProtocolError::InvalidArguments {
+        op,
+        detail: format!("'{}'", String::from_utf8_lossy(shown)),
+    }
+}
+
+/// A PUB/HPUB whose control line was read and whose body is awaited.
+#[derive(Debug)]
+struct PendingMessage {
+    subject: Bytes,
+    reply: Option<Bytes>,
+    /// `Some` for HPUB.
+    header_len: Option<usize>,
+    total_len: usize,
+}
+
+#[derive(Debug)]
+enum State {
+    ControlLine,
+    Body(PendingMessage),
+    Failed(ProtocolError),
+}
+
+/// What a complete control line turned into.
+enum LineOutcome {
+    Op(ClientOp),
+    Body(PendingMessage),
+    Nothing,
+}
+
+/// The incremental client-protocol parser.
+#[derive(Debug)]
+pub struct Parser {
+    limits: ParserLimits,
+    buf: BytesMut,
+    state: State,
+    /// How much of the current control line was already searched for `\n`,
+    /// so byte-at-a-time input stays linear.
+    scanned: usize,
+}
+
+impl Parser {
+    /// A parser with the given limits and an empty buffer.
+    pub fn new(limits: ParserLimits) -> Self {
+        Parser {
+            limits,
+            buf: BytesMut::with_capacity(4096),
+            state: State::ControlLine,
+            scanned: 0,
+        }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> ParserLimits {
+        self.limits
+    }
+
+    /// Appends a chunk of input.
+    pub fn feed(&mut self, chunk: &[u8]) {
+        self.buf.extend_from_slice(chunk);
+    }
+
+    /// The input buffer, for reading from a socket straight into it. Only
+    /// append to it: removing bytes desynchronises the parser.
+    pub fn buffer_mut(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    /// Bytes received but not yet consumed by a complete operation.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The next complete operation, `Ok(None)` when more input is needed.
+    pub fn next_op(&mut self) -> Result<Option<ClientOp>, ProtocolError> {
+        loop {
+            match &self.state {
+                State::Failed(e) => return Err(e.clone()),
+                State::ControlLine => match self.control_line() {
+                    Ok(None) => return Ok(None),
+                    Ok(Some(LineOutcome::Op(op))) => return Ok(Some(op)),
+                    Ok(Some(LineOutcome::Body(pending))) => self.state = State::Body(pending),
+                    Ok(Some(LineOutcome::Nothing)) => {}
+                    Err(e) => return Err(self.fail(e)),
+                },
+                State::Body(_) => match self.body() {
+                    Ok(op) => return Ok(op),
+                    Err(e) => return Err(self.fail(e)),
+                },
+            }
+        }
+    }
+
+    fn fail(&mut self, e: ProtocolError) -> ProtocolError {
+        self.state = State::Failed(e.clone());
+        self.buf.clear();
+        e
+    }
+
+    fn control_line(&mut self) -> Result<Option<LineOutcome>, ProtocolError> {
+        let max = self.limits.max_control_line;
+        // Clamped in case a caller shrank the buffer through `buffer_mut`.
+        self.scanned = self.scanned.min(self.buf.len());
+        let Some(pos) = self.buf[self.scanned..].iter().position(|b| *b == b'\n') else {
+            self.scanned = self.buf.len();
+            if !prefix_is_possible(&self.buf) {
+                return Err(ProtocolError::UnknownOperation);
+            }
+            // One byte of slack for a CR that belongs to the line ending.
+            if self.buf.len() > max + 1 {
+                return Err(ProtocolError::MaxControlLine {
+                    len: self.buf.len(),
+                    max,
+                });
+            }
+            return Ok(None);
+        };
+        let end = self.scanned + pos;
+        self.scanned = 0;
+        let mut line = self.buf.split_to(end + 1).freeze();
+        line.truncate(end);
+        if line.last() == Some(&b'\r') {
+            line.truncate(end - 1);
+        }
+        // Same order of checks as for an incomplete line, so the error does
+        // not depend on how the input was split.
+        if !prefix_is_possible(&line) {
+            return Err(ProtocolError::UnknownOperation);
+        }
+        if line.len() > max {
+            return Err(ProtocolError::MaxControlLine {
+                len: line.len(),
+                max,
+            });
+        }
+        self.parse_line(line).map(Some)
+    }
+
+    fn parse_line(&self, line: Bytes) -> Result<LineOutcome, ProtocolError> {
+        let Some((kind, name_len)) = identify(&line) else {
+            return Err(ProtocolError::UnknownOperation);
+        };
+        match kind {
+            OpKind::Ping => Ok(LineOutcome::Op(ClientOp::Ping)),
+            OpKind::Pong => Ok(LineOutcome::Op(ClientOp::Pong)),
+            // A client has no business sending these, but nats-server accepts
+            // and ignores them, so we do too.
+            OpKind::Info | OpKind::Ok | OpKind::Err => Ok(LineOutcome::Nothing),
+            OpKind::Connect => {
+                let json = line[name_len..]
+                    .iter()
+                    .position(|b| !is_space(*b))
+                    .map_or(&[][..], |start| &line[name_len + start..]);
+                serde_json::from_slice::<ConnectOptions>(json)
+                    .map(|o| LineOutcome::Op(ClientOp::Connect(Box::new(o))))
+                    .map_err(|e| ProtocolError::InvalidConnect(e.to_string()))
+            }
+            OpKind::Pub => {
+                let args = split_args(&line, name_len).ok_or_else(|| invalid("PUB", &line))?;
+                let (subject, reply, size) = match args.as_slice() {
+                    [s, n] => (s.clone(), None, n),
+                    [s, r, n] => (s.clone(), Some(r.clone()), n),
+                    _ => return Err(invalid("PUB", &line)),
+                };
+                let size = parse_size(size).ok_or_else(|| invalid("PUB", &line))?;
+                self.check_payload(size)?;
+                Ok(LineOutcome::Body(PendingMessage {
+                    subject,
+                    reply,
+                    header_len: None,
+                    total_len: size,
+                }))
+            }
+            OpKind::Hpub => {
+                let args = split_args(&line, name_len).ok_or_else(|| invalid("HPUB", &line))?;
+                let (subject, reply, hdr, total) = match args.as_slice() {
+                    [s, h, t] => (s.clone(), None, h, t),
+                    [s, r, h, t] => (s.clone(), Some(r.clone()), h, t),
+                    _ => return Err(invalid("HPUB", &line)),
+                };
+                let hdr = parse_size(hdr).ok_or_else(|| invalid("HPUB", &line))?;
+                let total = parse_size(total).ok_or_else(|| invalid("HPUB", &line))?;
+                self.check_payload(total)?;
+                if hdr > total {
+                    return Err(invalid("HPUB", &line));
+                }
+                Ok(LineOutcome::Body(PendingMessage {
+                    subject,
+                    reply,
+                    header_len: Some(hdr),
+                    total_len: total,
+                }))
+            }
+            OpKind::Sub => {
+                let args = split_args(&line, name_len).ok_or_else(|| invalid("SUB", &line))?;
+                let (subject, queue, sid) = match args.as_slice() {
+                    [s, id] => (s.clone(), None, id.clone()),
+                    [s, q, id] => (s.clone(), Some(q.clone()), id.clone()),
+                    _ => return Err(invalid("SUB", &line)),
+                };
+                Ok(LineOutcome::Op(ClientOp::Sub {
+                    subject,
+                    queue,
+                    sid,
+                }))
+            }
+            OpKind::Unsub => {
+                let args = split_args(&line, name_len).ok_or_else(|| invalid("UNSUB", &line))?;
+                let (sid, max) = match args.as_slice() {
+                    [id] => (id.clone(), None),
+                    [id, m] => {
+                        let m = parse_size(m).ok_or_else(|| invalid("UNSUB", &line))?;
+                        (id.clone(), Some(m as u64))
+                    }
+                    _ => return Err(invalid("UNSUB", &line)),
+                };
+                Ok(LineOutcome::Op(ClientOp::Unsub { sid, max }))
+            }
+        }
+    }
+
+    fn check_payload(&self, size: usize) -> Result<(), ProtocolError> {
+        if size > self.limits.max_payload {
+            return Err(ProtocolError::MaxPayload {
+                size,
+                max: self.limits.max_payload,
+            });
+        }
+        Ok(())
+    }
+
+    fn body(&mut self) -> Result<Option<ClientOp>, ProtocolError> {
+        let State::Body(pending) = &self.state else {
+            return Ok(None);
+        };
+        let n = pending.total_len;
+        // The body must be followed by CRLF; a bare LF is tolerated like on
+        // control lines.
+        let terminator = match self.buf.get(n..n + 2) {
+            Some(b"\r\n") => 2,
+            Some([b'\n', _]) => 1,
+            Some(_) => return Err(ProtocolError::UnknownOperation),
+            None => match self.buf.get(n) {
+                None | Some(b'\r') => return Ok(None),
+                Some(b'\n') => 1,
+                Some(_) => return Err(ProtocolError::UnknownOperation),
+            },
+        };
+        let State::Body(pending) = std::mem::replace(&mut self.state, State::ControlLine) else {
+            return Ok(None);
+        };
+        let body = self.buf.split_to(n).freeze();
+        self.buf.advance(terminator);
+        let op = match pending.header_len {
+            None => ClientOp::Pub {
+                subject: pending.subject,
+                reply: pending.reply,
+                payload: body,
+            },
+            Some(h) => ClientOp::Hpub {
+                subject: pending.subject,
+                reply: pending.reply,
+                headers: body.slice(..h),
+                payload: body.slice(h..),
+            },
+        };
+        Ok(Some(op))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    fn parser() -> Parser {
+        Parser::new(ParserLimits::default())
+    }
+
+    /// Feeds `input` in the given chunk sizes and collects all operations,
+    /// stopping at the first error.
+    fn run_chunks(
+        limits: ParserLimits,
+        input: &[u8],
+        mut next_len: impl FnMut() -> usize,
+    ) -> (Vec<ClientOp>, Option<ProtocolError>) {
+        let mut p = Parser::new(limits);
+        let mut ops = Vec::new();
+        let mut rest = input;
+        while !rest.is_empty() {
+            let n = next_len().clamp(1, rest.len());
+            p.feed(&rest[..n]);
+            rest = &rest[n..];
+            loop {
+                match p.next_op() {
+                    Ok(Some(op)) => ops.push(op),
+                    Ok(None) => break,
+                    Err(e) => return (ops, Some(normalize(e))),
+                }
+            }
+        }
+        (ops, None)
+    }
+
+    /// How much of an over-long line was seen depends on the split, so the
+    /// length is left out of comparisons.
+    fn normalize(e: ProtocolError) -> ProtocolError {
+        match e {
+            ProtocolError::MaxControlLine { max, .. } => {
+                ProtocolError::MaxControlLine { len: 0, max }
+            }
+            other => other,
+        }
+    }
+
+    /// Parses `input` whole, byte by byte and in many random splits, and
+    /// checks every way gives the same result.
+    fn parse_all_ways(
+        limits: ParserLimits,
+        input: &[u8],
+    ) -> (Vec<ClientOp>, Option<ProtocolError>) {
+        let whole = run_chunks(limits, input, || usize::MAX);
+        let bytewise = run_chunks(limits, input, || 1);
+        assert_eq!(whole, bytewise, "byte-by-byte differs for {input:?}");
+        let mut rng = StdRng::seed_from_u64(0x5d9);
+        for _ in 0..50 {
+            let max = rng.gen_range(1..=16);
+            let split = run_chunks(limits, input, || rng.gen_range(1..=max));
+            assert_eq!(whole, split, "random split differs for {input:?}");
+        }
+        whole
+    }
+
+    fn parse_ok(input: &str) -> Vec<ClientOp> {
+        let (ops, err) = parse_all_ways(ParserLimits::default(), input.as_bytes());
+        assert_eq!(err, None, "{input:?}");
+        ops
+    }
+
+    fn parse_err(limits: ParserLimits, input: &[u8]) -> ProtocolError {
+        let (_, err) = parse_all_ways(limits, input);
+        err.unwrap_or_else(|| panic!("expected an error for {input:?}"))
+    }
+
+    #[test]
+    fn all_operations() {
+        let ops = parse_ok(concat!(
+            "CONNECT {\"verbose\":false,\"headers\":true,\"no_responders\":true,\"name\":null}\r\n",
+            "PING\r\n",
+            "PONG\r\n",
+            "SUB foo.* 1\r\n",
+            "SUB foo.> workers 2\r\n",
+            "PUB foo.bar 5\r\nhello\r\n",
+            "PUB foo.bar _INBOX.x 0\r\n\r\n",
+            "HPUB foo.bar 12 14\r\nNATS/1.0\r\n\r\nhi\r\n",
+            "HPUB foo.bar r.1 12 12\r\nNATS/1.0\r\n\r\n\r\n",
+            "UNSUB 1\r\n",
+            "UNSUB 2 10\r\n",
+        ));
+        let connect = ConnectOptions {
+            verbose: false,
+            headers: true,
+            no_responders: true,
+            ..ConnectOptions::default()
+        };
+        assert_eq!(
+            ops,
+            vec![
+                ClientOp::Connect(Box::new(connect)),
+                ClientOp::Ping,
+                ClientOp::Pong,
+                ClientOp::Sub {
+                    subject: b("foo.*"),
+                    queue: None,
+                    sid: b("1")
+                },
+                ClientOp::Sub {
+                    subject: b("foo.>"),
+                    queue: Some(b("workers")),
+                    sid: b("2")
+                },
+                ClientOp::Pub {
+                    subject: b("foo.bar"),
+                    reply: None,
+                    payload: b("hello")
+                },
+                ClientOp::Pub {
+                    subject: b("foo.bar"),
+                    reply: Some(b("_INBOX.x")),
+                    payload: b("")
+                },
+                ClientOp::Hpub {
+                    subject: b("foo.bar"),
+                    reply: None,
+                    headers: b("NATS/1.0\r\n\r\n"),
+                    payload: b("hi")
+                },
+                ClientOp::Hpub {
+                    subject: b("foo.bar"),
+                    reply: Some(b("r.1")),
+                    headers: b("NATS/1.0\r\n\r\n"),
+                    payload: b("")
+                },
+                ClientOp::Unsub {
+                    sid: b("1"),
+                    max: None
+                },
+                ClientOp::Unsub {
+                    sid: b("2"),
+                    max: Some(10)
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn case_insensitive_tabs_and_bare_lf() {
+        let ops = parse_ok(
+            "ping\npOnG\r\nsub\tfoo \t 1\npub  foo\t3\nabc\nUnSuB 1\nHpUb a 2 3\n\r\nx\r\n",
+        );
+        assert_eq!(
+            ops,
+            vec![
+                ClientOp::Ping,
+                ClientOp::Pong,
+                ClientOp::Sub {
+                    subject: b("foo"),
+                    queue: None,
+                    sid: b("1")
+                },
+                ClientOp::Pub {
+                    subject: b("foo"),
+                    reply: None,
+                    payload: b("abc")
+                },
+                ClientOp::Unsub {
+                    sid: b("1"),
+                    max: None
+                },
+                ClientOp::Hpub {
+                    subject: b("a"),
+                    reply: None,
+                    headers: b("\r\n"),
+                    payload: b("x")
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn payload_may_contain_protocol_bytes() {
+        let ops = parse_ok("PUB a 12\r\nPING\r\nPUB x\r\r\n");
+        assert_eq!(
+            ops,
+            vec![ClientOp::Pub {
+                subject: b("a"),
+                reply: None,
+                payload: b("PING\r\nPUB x\r"),
+            }]
+        );
+    }
+
+    #[test]
+    fn connect_defaults_match_nats_server() {
+        let ops = parse_ok("CONNECT {}\r\nconnect{\"echo\":false}\r\n");
+        let ClientOp::Connect(o) = &ops[0] else {
+            panic!("not a connect")
+        };
+        assert!(o.verbose && o.pedantic && o.echo && !o.headers && !o.no_responders);
+        let ClientOp::Connect(o) = &ops[1] else {
+            panic!("not a connect")
+        };
+        assert!(!o.echo);
+    }
+
+    #[test]
+    fn connect_debug_redacts_secrets() {
+        let o = ConnectOptions {
+            pass: Some("hunter2".into()),
+            auth_token: Some("tok".into()),
+            ..ConnectOptions::default()
+        };
+        let s = format!("{o:?}");
+        assert!(!s.contains("hunter2") && !s.contains("tok\""), "{s}");
+    }
+
+    #[test]
+    fn ignores_info_ok_and_err_from_clients() {
+        let ops = parse_ok("INFO {}\r\n+OK\r\n-ERR 'x'\r\nPING\r\n");
+        assert_eq!(ops, vec![ClientOp::Ping]);
+    }
+
+    #[test]
+    fn unknown_operations() {
+        for input in [
+            "FOO\r\n",
+            "GET / HTTP/1.1\r\n",
+            "\r\n",
+            " PING\r\n",
+            "PUBX foo 1\r\n",
+            "PUB\r\n",
+            "SUB\r\n",
+            "UNSUB\r\n",
+            "MSG foo 1 1\r\nx\r\n",
+            "\0",
+        ] {
+            assert_eq!(
+                parse_err(ParserLimits::default(), input.as_bytes()),
+                ProtocolError::UnknownOperation,
+                "{input:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_operation_detected_before_line_end() {
+        let mut p = parser();
+        p.feed(b"GET /");
+        assert_eq!(p.next_op(), Err(ProtocolError::UnknownOperation));
+        // Once failed, stays failed.
+        p.feed(b"PING\r\n");
+        assert_eq!(p.next_op(), Err(ProtocolError::UnknownOperation));
+    }
+
+    #[test]
+    fn bad_payload_terminator() {
+        assert_eq!(
+            parse_err(ParserLimits::default(), b"PUB foo 3\r\nabcd\r\n"),
+            ProtocolError::UnknownOperation
+        );
+        assert_eq!(
+            parse_err(ParserLimits::default(), b"PUB foo 3\r\nabc\rX"),
+            ProtocolError::UnknownOperation
+        );
+    }
+
+    #[test]
+    fn invalid_arguments() {
+        for input in [
+            "PUB foo\r\n",
+            "PUB foo bar baz 1\r\n",
+            "PUB foo -1\r\n",
+            "PUB foo x\r\n",
+            "PUB foo 99999999999999999999999999\r\n",
+            "PUB \r\n",
+            "HPUB foo 1\r\n",
+            "HPUB foo 5 4\r\n",
+            "HPUB foo r x 4\r\n",
+            "SUB foo\r\n",
+            "SUB a b c d\r\n",
+            "UNSUB 1 x\r\n",
+            "UNSUB 1 2 3\r\n",
+        ] {
+            let err = parse_err(ParserLimits::default(), input.as_bytes());
+            assert!(
+                matches!(err, ProtocolError::InvalidArguments { .. }),
+                "{input:?}: {err:?}"
+            );
+            assert!(err.closes_connection());
+        }
+        assert!(matches!(
+            parse_err(ParserLimits::default(), b"CONNECT {nope\r\n"),
+            ProtocolError::InvalidConnect(_)
+        ));
+        assert!(matches!(
+            parse_err(
+                ParserLimits::default(),
+                b"CONNECT {\"verbose\":\"yes\"}\r\n"
+            ),
+            ProtocolError::InvalidConnect(_)
+        ));
+    }
+
+    #[test]
+    fn max_payload_refused_before_body() {
+        let limits = ParserLimits {
+            max_control_line: 4096,
+            max_payload: 10,
+        };
+        let mut p = Parser::new(limits);
+        p.feed(b"PUB foo 11\r\n");
+        assert_eq!(
+            p.next_op(),
+            Err(ProtocolError::MaxPayload { size: 11, max: 10 })
+        );
+        assert_eq!(
+            parse_err(limits, b"HPUB foo 2 11\r\n"),
+            ProtocolError::MaxPayload { size: 11, max: 10 }
+        );
+        let (ops, err) = parse_all_ways(limits, b"PUB foo 10\r\n0123456789\r\n");
+        assert_eq!((ops.len(), err), (1, None));
+        let e = parse_err(ParserLimits::default(), b"PUB foo 1048577\r\n");
+        assert_eq!(e.server_message(), "Maximum Payload Violation");
+    }
+
+    #[test]
+    fn max_control_line() {
+        let limits = ParserLimits::default();
+        let subject = "a".repeat(4096 - "SUB  1".len());
+        let ok = format!("SUB {subject} 1\r\n");
+        let (ops, err) = parse_all_ways(limits, ok.as_bytes());
+        assert_eq!((ops.len(), err), (1, None));
+
+        let long = format!("SUB {subject}x 1\r\n");
+        let e = parse_err(limits, long.as_bytes());
+        assert!(matches!(e, ProtocolError::MaxControlLine { .. }), "{e:?}");
+        assert_eq!(e.server_message(), "Maximum Control Line Exceeded");
+
+        // Refused without waiting for a line end that never comes.
+        let mut p = parser();
+        p.feed(b"PUB ");
+        p.feed("a".repeat(10_000).as_bytes());
+        assert!(matches!(
+            p.next_op(),
+            Err(ProtocolError::MaxControlLine { .. })
+        ));
+        // Also for lines whose op ignores its rest.
+        let mut p = parser();
+        p.feed(b"PING");
+        p.feed(" ".repeat(5000).as_bytes());
+        assert!(matches!(
+            p.next_op(),
+            Err(ProtocolError::MaxControlLine { .. })
+        ));
+    }
+
+    #[test]
+    fn payload_shares_input_buffer() {
+        let mut p = parser();
+        p.feed(b"PUB a 3\r\nxyz\r\n");
+        let Ok(Some(ClientOp::Pub { payload, .. })) = p.next_op() else {
+            panic!("expected a PUB")
+        };
+        assert_eq!(&payload[..], b"xyz");
+        assert_eq!(p.next_op(), Ok(None));
+        assert_eq!(p.buffered(), 0);
+    }
+
+    /// A long random stream of valid operations survives any split.
+    #[test]
+    fn random_stream_random_splits() {
+        let mut rng = StdRng::seed_from_u64(42);
+        let mut input = Vec::new();
+        let mut expected = 0;
+        for i in 0..300 {
+            match rng.gen_range(0..5) {
+                0 => input.extend_from_slice(b"PING\r\n"),
+                1 => {
+                    let n = rng.gen_range(0..300);
+                    let body: Vec<u8> = (0..n).map(|_| rng.r#gen::<u8>()).collect();
+                    input.extend_from_slice(format!("PUB s.{i} {n}\r\n").as_bytes());
+                    input.extend_from_slice(&body);
+                    input.extend_from_slice(b"\r\n");
+                }
+                2 => input.extend_from_slice(format!("SUB s.* q {i}\n").as_bytes()),
+                3 => input.extend_from_slice(format!("unsub {i} 3\r\n").as_bytes()),
+                _ => {
+                    let h = b"NATS/1.0\r\nA: b\r\n\r\n";
+                    input.extend_from_slice(
+                        format!("HPUB s r {} {}\r\n", h.len(), h.len() + 2).as_bytes(),
+                    );
+                    input.extend_from_slice(h);
+                    input.extend_from_slice(b"ok\r\n");
+                }
+            }
+            expected += 1;
+        }
+        let (ops, err) = parse_all_ways(ParserLimits::default(), &input);
+        assert_eq!(err, None);
+        assert_eq!(ops.len(), expected);
+    }
+
+    /// Arbitrary garbage never panics, whatever the split.
+    #[test]
+    fn garbage_never_panics() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let alphabet = b"PUBSHINGCONTEX \t\r\n0123456789.*>-+{}";
+        for _ in 0..300 {
+            let n = rng.gen_range(0..200);
+            let input: Vec<u8> = (0..n)
+                .map(|_| {
+                    if rng.gen_bool(0.9) {
+                        alphabet[rng.gen_range(0..alphabet.len())]
+                    } else {
+                        rng.r#gen::<u8>()
+                    }
+                })
+                .collect();
+            let _ = parse_all_ways(
+                ParserLimits {
+                    max_control_line: 32,
+                    max_payload: 64,
+                },
+                &input,
+            );
+        }
+    }
+}

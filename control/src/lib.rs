@@ -1,0 +1,182 @@
+//! SDP's control plane: the one place that knows who is signed in, which
+//! agents are connected, and what every deployment is doing.
+//!
+//! It talks to agents only over NATS (see `sdp-contract`): request-reply on
+//! `sdp.agent.{node}.{op}` to ask for work, and one ordered subscription on
+//! `sdp.deploy.*.*` to hear how that work goes. It keeps deployments in SQLite
+//! ([`storage`]), log text in append-only files ([`logs`]) and sessions in
+//! memory only ([`sessions`]): Bitbucket credentials never touch disk.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`api`] | the `/api/v1` router, JSON body extraction, JSON error bodies |
+//! | [`bus`] | request-reply to agents, sealing secrets to their keys |
+//! | [`nodes`] | the registry of agents, fed by their presence messages |
+//! | [`sessions`] | login through the gateway agent, cookies, session lookup |
+//! | [`deployments`] | validation, dispatch to the micro agent, read endpoints |
+//! | [`ports`] | microservice port allocation rules |
+//! | [`model`] | deployments and stages as the API shows them |
+//! | [`ingest`] | applying agents' events and log lines, in order |
+//! | [`storage`] | every SQL statement |
+//! | [`logs`] | per-deployment log files |
+//! | [`error`] | [`ApiError`] (HTTP) and [`ControlError`] (library) |
+
+pub mod api;
+pub mod bus;
+pub mod deployments;
+pub mod error;
+pub mod ingest;
+pub mod logs;
+pub mod model;
+pub mod nodes;
+pub mod ports;
+pub mod sessions;
+pub mod storage;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+pub use error::{ApiError, ControlError};
+pub use model::{Deployment, DeploymentFilter, Stage, StageStatus};
+pub use nodes::NodeStatus;
+pub use sessions::{LoginOutcome, SESSION_COOKIE, SessionUser};
+
+use crate::bus::Bus;
+use crate::logs::LogFiles;
+use crate::nodes::NodeRegistry;
+use crate::sessions::Sessions;
+use crate::storage::Store;
+
+/// Settings of the control plane. [`ControlConfig::new`] gives the defaults.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// Holds `sdp.db` (SQLite, WAL) and `logs/{deployment}.log`.
+    pub data_dir: PathBuf,
+    /// Node that builds and runs microservices.
+    pub micro_node: String,
+    /// Node that checks Bitbucket credentials and runs gateways.
+    pub gateway_node: String,
+    pub session_ttl: Duration,
+    /// Inclusive range microservice ports are allocated from.
+    pub micro_ports: (u16, u16),
+    /// How long a bus request may take before the agent counts as not answering.
+    pub request_timeout: Duration,
+    /// Login runs a real `git ls-remote`, which may take longer than other requests.
+    pub auth_timeout: Duration,
+    pub max_body_bytes: usize,
+    /// Sets the `Secure` flag on the session cookie (when served over TLS).
+    pub secure_cookies: bool,
+}
+
+impl ControlConfig {
+    pub fn new(data_dir: PathBuf) -> Self {
+        ControlConfig {
+            data_dir,
+            micro_node: "micro".into(),
+            gateway_node: "gateway".into(),
+            session_ttl: Duration::from_secs(12 * 60 * 60),
+            micro_ports: (9001, 9999),
+            request_timeout: Duration::from_secs(10),
+            auth_timeout: Duration::from_secs(60),
+            max_body_bytes: 1024 * 1024,
+            secure_cookies: false,
+        }
+    }
+}
+
+/// Handle on a running control plane. Cheap to clone.
+#[derive(Clone)]
+pub struct ControlPlane {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ControlConfig,
+    store: Store,
+    bus: Bus,
+    nodes: NodeRegistry,
+    sessions: Sessions,
+    logs: LogFiles,
+    /// Port allocation reads the ports in use and then inserts; two requests
+    /// must not both see the same port free.
+    allocation: tokio::sync::Mutex<()>,
+}
+
+impl ControlPlane {
+    /// Opens storage (running embedded migrations), subscribes to the bus, and
+    /// keeps its background tasks running until `shutdown` is cancelled.
+    pub async fn start(
+        nats: async_nats::Client,
+        config: ControlConfig,
+        shutdown: CancellationToken,
+    ) -> Result<ControlPlane, ControlError> {
+        let logs = LogFiles::create(&config.data_dir).await?;
+        let store = Store::open(&config.data_dir.join("sdp.db")).await?;
+        let nodes = NodeRegistry::default();
+
+        // Subscribe before returning, so no presence or event published after
+        // `start` is missed.
+        let presence = subscribe(&nats, sdp_contract::subjects::NODE_ALL).await?;
+        let events = subscribe(&nats, sdp_contract::subjects::DEPLOY_ALL).await?;
+        bus::round_trip(&nats, config.request_timeout)
+            .await
+            .map_err(ControlError::Bus)?;
+
+        tokio::spawn(nodes::listen(presence, nodes.clone(), shutdown.clone()));
+        tokio::spawn(ingest::run(
+            events,
+            store.clone(),
+            logs.clone(),
+            shutdown.clone(),
+        ));
+
+        let sessions = Sessions::new(config.session_ttl);
+        tokio::spawn(sessions.clone().sweep_until(shutdown));
+
+        let bus = Bus::new(nats, nodes.clone(), config.request_timeout);
+        Ok(ControlPlane {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                bus,
+                nodes,
+                sessions,
+                logs,
+                allocation: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &ControlConfig {
+        &self.inner.config
+    }
+
+    /// The JSON API under `/api/v1`, state applied.
+    pub fn api_router(&self) -> axum::Router {
+        api::router(self.clone())
+    }
+}
+
+async fn subscribe(
+    nats: &async_nats::Client,
+    subject: &'static str,
+) -> Result<async_nats::Subscriber, ControlError> {
+    nats.subscribe(subject)
+        .await
+        .map_err(|source| ControlError::Subscribe { subject, source })
+}
+
+/// Serves `router` on `listener` until `shutdown` is cancelled, then lets
+/// requests in flight finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}

@@ -1,0 +1,143 @@
+//! Assembling the parts: broker, control plane + dashboard, agents.
+//!
+//! [`Stack`] is the whole system in one process. `sdp dev` runs it, and so
+//! do the integration tests, so they exercise the same wiring users run;
+//! `sdp server` and `sdp agent` use the same pieces one at a time.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use sdp_agents::{Agent, AgentConfig, AgentHandle};
+use sdp_broker::{Broker, BrokerConfig, BrokerHandle};
+use sdp_control::{ControlConfig, ControlPlane};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Starts the embedded broker on `listener`.
+pub async fn start_broker(
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<BrokerHandle> {
+    Broker::start(listener, BrokerConfig::default(), shutdown)
+        .await
+        .context("starting the embedded broker")
+}
+
+/// Connects to NATS (`urls` may list several servers, comma separated) and
+/// keeps reconnecting for as long as the process runs: the bus coming back
+/// must not need a restart of SDP.
+pub async fn connect(urls: &str, name: &str) -> anyhow::Result<async_nats::Client> {
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(urls)
+        .await
+        .with_context(|| format!("connecting to NATS at {urls}"))
+}
+
+/// The control plane's HTTP side: JSON API plus dashboard.
+pub fn http_router(cp: &ControlPlane) -> axum::Router {
+    cp.api_router().merge(sdp_web::router(cp.clone()))
+}
+
+/// Starts the control plane and serves its API and dashboard on `listener`.
+pub async fn start_server(
+    listener: TcpListener,
+    nats: async_nats::Client,
+    config: ControlConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(ControlPlane, JoinHandle<std::io::Result<()>>)> {
+    let cp = ControlPlane::start(nats, config, shutdown.clone())
+        .await
+        .context("starting the control plane")?;
+    let router = http_router(&cp);
+    let serve = tokio::spawn(sdp_control::serve(listener, router, shutdown));
+    Ok((cp, serve))
+}
+
+/// Starts one agent on its own NATS connection, as on its own VM.
+pub async fn start_agent(
+    nats_url: &str,
+    config: AgentConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<AgentHandle> {
+    let name = format!("sdp-agent-{}", config.node);
+    let nats = connect(nats_url, &name).await?;
+    Agent::start(nats, config, shutdown)
+        .await
+        .context("starting the agent")
+}
+
+/// What to run in one process.
+pub struct StackConfig {
+    /// HTTP listener for the API and dashboard.
+    pub http: TcpListener,
+    /// Listener of the embedded broker; `None` means use `nats_url`.
+    pub broker: Option<TcpListener>,
+    /// External NATS servers, when there is no embedded broker.
+    pub nats_url: Option<String>,
+    pub control: ControlConfig,
+    pub agents: Vec<AgentConfig>,
+}
+
+/// The whole system, running.
+pub struct Stack {
+    pub http_addr: SocketAddr,
+    pub nats_url: String,
+    pub control: ControlPlane,
+    pub agents: Vec<AgentHandle>,
+    broker: Option<BrokerHandle>,
+    server: JoinHandle<std::io::Result<()>>,
+    shutdown: CancellationToken,
+}
+
+impl Stack {
+    pub async fn start(config: StackConfig, shutdown: CancellationToken) -> anyhow::Result<Stack> {
+        let (broker, nats_url) = match (config.broker, config.nats_url) {
+            (Some(listener), _) => {
+                let broker = start_broker(listener, shutdown.clone()).await?;
+                let url = broker.client_url();
+                (Some(broker), url)
+            }
+            (None, Some(url)) => (None, url),
+            (None, None) => anyhow::bail!("either an embedded broker or a NATS URL is needed"),
+        };
+        let http_addr = config.http.local_addr()?;
+        let nats = connect(&nats_url, "sdp-control").await?;
+        let (control, server) =
+            start_server(config.http, nats, config.control, shutdown.clone()).await?;
+        let mut agents = Vec::new();
+        for agent in config.agents {
+            agents.push(start_agent(&nats_url, agent, shutdown.clone()).await?);
+        }
+        Ok(Stack {
+            http_addr,
+            nats_url,
+            control,
+            agents,
+            broker,
+            server,
+            shutdown,
+        })
+    }
+
+    /// Base URL of the HTTP side, e.g. `http://127.0.0.1:8700`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.http_addr)
+    }
+
+    /// Stops everything and waits until it has stopped.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for agent in self.agents {
+            agent.stopped().await;
+        }
+        let _ = self.server.await;
+        if let Some(broker) = self.broker {
+            broker.stopped().await;
+        }
+    }
+}
