@@ -17,6 +17,7 @@ use crate::docker::DockerEngine;
 use crate::error::Error;
 use crate::locks::Locks;
 use crate::reporter::Reporter;
+use crate::routes::defaults::OcpDefaults;
 use crate::spool::Spool;
 use crate::{git, ops, presence};
 
@@ -33,6 +34,7 @@ pub(crate) struct Shared {
     pub nats: async_nats::Client,
     pub docker: DockerEngine,
     pub spool: Spool,
+    pub ocp_defaults: OcpDefaults,
     pub askpass: PathBuf,
     pub go: GoBuild,
     pub repo_locks: Locks,
@@ -69,6 +71,7 @@ impl Agent {
         let shared = Arc::new(Shared {
             go: GoBuild::new(&config),
             spool: Spool::new(&config.data_dir),
+            ocp_defaults: OcpDefaults::new(&config.data_dir),
             docker: DockerEngine::new(),
             keys,
             nats: nats.clone(),

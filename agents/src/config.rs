@@ -43,6 +43,22 @@ pub struct AgentConfig {
     pub build_timeout: Duration,
     /// How long a started container may take to accept connections.
     pub start_timeout: Duration,
+    /// Gateway: the file holding the `$config['_url']` map, relative to
+    /// the repository.
+    pub gateway_config_file: PathBuf,
+    /// Gateway: where the worktree is mounted in the gateway container.
+    pub gateway_mount: String,
+    /// Gateway: the URL prefix the gateway answers under.
+    pub gateway_url_prefix: String,
+    /// Gateway: the port the web server listens on inside the container.
+    pub gateway_container_port: u16,
+    /// Gateway: the graceful reload, run in the container.
+    pub reload_command: Vec<String>,
+    /// Gateway: `php` on the host for `php -l`; unset, `php -l` runs in
+    /// the gateway container, the PHP that serves the file.
+    pub host_php: Option<PathBuf>,
+    pub composer_program: PathBuf,
+    pub composer_timeout: Duration,
 }
 
 impl AgentConfig {
@@ -77,6 +93,16 @@ impl AgentConfig {
             git_timeout: Duration::from_secs(120),
             build_timeout: Duration::from_secs(600),
             start_timeout: Duration::from_secs(15),
+            gateway_config_file: PathBuf::from("application/config/production/config.php"),
+            gateway_mount: "/var/www/html/erangel".to_owned(),
+            gateway_url_prefix: "/erangel/".to_owned(),
+            gateway_container_port: 80,
+            reload_command: ["apachectl", "-k", "graceful"]
+                .map(str::to_owned)
+                .to_vec(),
+            host_php: None,
+            composer_program: PathBuf::from("composer"),
+            composer_timeout: Duration::from_secs(600),
         }
     }
 
@@ -122,8 +148,28 @@ impl AgentConfig {
                 "auth repository {name:?} is not among the configured repositories"
             )));
         }
-        if self.container_port == 0 {
-            return Err(Error::Config("container port must not be 0".into()));
+        if self.container_port == 0 || self.gateway_container_port == 0 {
+            return Err(Error::Config("container ports must not be 0".into()));
+        }
+        let config_file = &self.gateway_config_file;
+        if config_file.as_os_str().is_empty()
+            || !config_file
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(Error::Config(format!(
+                "gateway config file {} must be a path inside the repository",
+                config_file.display()
+            )));
+        }
+        if !self.gateway_mount.starts_with('/') {
+            return Err(Error::Config(format!(
+                "gateway mount {:?} must be an absolute path",
+                self.gateway_mount
+            )));
+        }
+        if self.reload_command.is_empty() {
+            return Err(Error::Config("the reload command must not be empty".into()));
         }
         self.data_dir = absolute(&self.data_dir)?;
         self.work_root = absolute(&self.work_root)?;
@@ -178,6 +224,13 @@ mod tests {
         assert_eq!(c.build_env["GOTOOLCHAIN"], "local");
         assert_eq!(c.go_cache(), PathBuf::from("/var/lib/sdp/go-build-cache"));
         assert_eq!(c.probe_host(), "127.0.0.1");
+        assert_eq!(
+            c.gateway_config_file,
+            PathBuf::from("application/config/production/config.php")
+        );
+        assert_eq!(c.gateway_mount, "/var/www/html/erangel");
+        assert_eq!(c.gateway_url_prefix, "/erangel/");
+        assert_eq!(c.reload_command, ["apachectl", "-k", "graceful"]);
         let g = AgentConfig::new(NodeKind::Gateway, PathBuf::from("/d"));
         assert_eq!(g.node, "gateway");
     }
@@ -205,6 +258,11 @@ mod tests {
         c.auth_repository = Some("missing".into());
         assert!(c.clone().checked().is_err());
         c.auth_repository = None;
+        c.gateway_config_file = "../outside.php".into();
+        assert!(c.clone().checked().is_err());
+        c.gateway_config_file = "/abs.php".into();
+        assert!(c.clone().checked().is_err());
+        c.gateway_config_file = "application/config.php".into();
         c.data_dir = "relative".into();
         let c = c.checked().unwrap();
         assert!(c.data_dir.is_absolute());

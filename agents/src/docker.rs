@@ -7,9 +7,11 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use bollard::Docker;
 use bollard::container::LogOutput;
+use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, ContainerStateStatusEnum, EndpointSettings, HostConfig, Mount,
     MountTypeEnum, NetworkCreateRequest, NetworkingConfig, PortBinding, RestartPolicy,
@@ -18,7 +20,7 @@ use bollard::models::{
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder,
     ListNetworksOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    StartContainerOptions,
+    RestartContainerOptionsBuilder, StartContainerOptions, StopContainerOptionsBuilder,
 };
 use futures::StreamExt;
 use sdp_contract::{ContainerInfo, LogStream};
@@ -33,7 +35,16 @@ pub mod labels {
     pub const DEPLOYMENT: &str = "sdp.deployment";
     pub const COMMIT: &str = "sdp.commit";
     pub const BRANCH: &str = "sdp.branch";
+    /// The repository deployed (the service label of a gateway is `gateway`).
+    pub const REPOSITORY: &str = "sdp.repository";
+    /// The agent that made the container: two agents may share one engine.
+    pub const NODE: &str = "sdp.node";
 }
+
+/// Output lines of one `docker exec` kept for its caller.
+const EXEC_KEEP: usize = 200;
+/// Seconds a stopping container gets before it is killed.
+const STOP_GRACE: i32 = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
@@ -41,6 +52,16 @@ pub enum DockerError {
     Connect(String),
     #[error("{what}: {message}")]
     Api { what: String, message: String },
+    #[error("host port {port} is already in use on {host}: {message}")]
+    PortTaken {
+        host: String,
+        port: u16,
+        message: String,
+    },
+    #[error("no container named {0}")]
+    NotFound(String),
+    #[error("{what} did not finish within {} s", .limit.as_secs())]
+    TimedOut { what: String, limit: Duration },
 }
 
 fn api(what: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> DockerError {
@@ -127,10 +148,14 @@ impl ContainerSpec {
                 ..Default::default()
             })
             .collect();
+        // Empty means the image's own command and directory (the gateway
+        // image runs Apache as its CMD).
+        let cmd = (!self.cmd.is_empty()).then(|| self.cmd.clone());
+        let working_dir = (!self.working_dir.is_empty()).then(|| self.working_dir.clone());
         ContainerCreateBody {
             image: Some(self.image.clone()),
-            cmd: Some(self.cmd.clone()),
-            working_dir: Some(self.working_dir.clone()),
+            cmd,
+            working_dir,
             env: Some(self.env.clone()),
             labels: Some(self.labels.clone()),
             exposed_ports: Some(HashMap::from([(port_key, HashMap::new())])),
@@ -156,6 +181,33 @@ impl ContainerSpec {
             ..Default::default()
         }
     }
+}
+
+/// Labels and state of one container.
+#[derive(Debug, Clone)]
+pub struct ContainerDetails {
+    pub labels: HashMap<String, String>,
+    pub state: String,
+}
+
+/// What a `docker exec` printed and how it ended.
+#[derive(Debug, Clone)]
+pub struct ExecOutput {
+    pub exit_code: Option<i64>,
+    pub lines: Vec<(LogStream, String)>,
+}
+
+impl ExecOutput {
+    pub fn success(&self) -> bool {
+        self.exit_code == Some(0)
+    }
+}
+
+/// The engine's words for a host port someone else holds: another
+/// container ("port is already allocated") or a host process ("address
+/// already in use").
+fn is_port_taken(message: &str) -> bool {
+    message.contains("port is already allocated") || message.contains("address already in use")
 }
 
 /// What a container is doing, for the readiness wait.
@@ -198,8 +250,31 @@ impl DockerEngine {
 
     /// Every SDP-managed container, running or not.
     pub async fn sdp_containers(&self) -> Result<Vec<ContainerInfo>, DockerError> {
+        self.containers_labelled(&[]).await
+    }
+
+    /// The SDP containers made by agent `node`.
+    pub async fn node_containers(&self, node: &str) -> Result<Vec<ContainerInfo>, DockerError> {
+        self.containers_labelled(&[(labels::NODE, node)]).await
+    }
+
+    /// Every SDP container of `sandbox`, whichever agent made it.
+    pub async fn sandbox_containers(
+        &self,
+        sandbox: &str,
+    ) -> Result<Vec<ContainerInfo>, DockerError> {
+        self.containers_labelled(&[(labels::SANDBOX, sandbox)])
+            .await
+    }
+
+    async fn containers_labelled(
+        &self,
+        wanted: &[(&str, &str)],
+    ) -> Result<Vec<ContainerInfo>, DockerError> {
         let docker = self.client().await?;
-        let filters = HashMap::from([("label", vec![format!("{}=true", labels::MANAGED)])]);
+        let mut label_filters = vec![format!("{}=true", labels::MANAGED)];
+        label_filters.extend(wanted.iter().map(|(k, v)| format!("{k}={v}")));
+        let filters = HashMap::from([("label", label_filters)]);
         let options = ListContainersOptionsBuilder::new()
             .all(true)
             .filters(&filters)
@@ -317,9 +392,163 @@ impl DockerEngine {
             .await
         {
             let _ = self.remove_container(&spec.name).await;
+            let message = engine_message(&e);
+            if is_port_taken(&message) {
+                return Err(DockerError::PortTaken {
+                    host: spec.publish_host.clone(),
+                    port: spec.host_port,
+                    message,
+                });
+            }
             return Err(api(format!("starting container {}", spec.name))(e));
         }
         Ok(created.id)
+    }
+
+    /// The labels and engine state of container `name`; `None` if absent.
+    pub async fn details(&self, name: &str) -> Result<Option<ContainerDetails>, DockerError> {
+        let docker = self.client().await?;
+        match docker
+            .inspect_container(name, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(info) => Ok(Some(ContainerDetails {
+                labels: info
+                    .config
+                    .and_then(|c| c.labels)
+                    .unwrap_or_default(),
+                state: info
+                    .state
+                    .and_then(|s| s.status)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default(),
+            })),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(api(format!("inspecting container {name}"))(e)),
+        }
+    }
+
+    pub async fn stop(&self, name: &str) -> Result<(), DockerError> {
+        let docker = self.client().await?;
+        let options = StopContainerOptionsBuilder::new().t(STOP_GRACE).build();
+        match docker.stop_container(name, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Err(DockerError::NotFound(name.to_owned())),
+            // 304: already stopped.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(e) => Err(api(format!("stopping container {name}"))(e)),
+        }
+    }
+
+    pub async fn restart(&self, name: &str) -> Result<(), DockerError> {
+        let docker = self.client().await?;
+        let options = RestartContainerOptionsBuilder::new().t(STOP_GRACE).build();
+        match docker.restart_container(name, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Err(DockerError::NotFound(name.to_owned())),
+            Err(e) => Err(api(format!("restarting container {name}"))(e)),
+        }
+    }
+
+    /// Runs `cmd` in the running container `name`, bounded by `limit`.
+    pub async fn exec(
+        &self,
+        name: &str,
+        cmd: &[&str],
+        limit: Duration,
+    ) -> Result<ExecOutput, DockerError> {
+        let docker = self.client().await?;
+        let what = format!("docker exec {name} {}", cmd.join(" "));
+        let work = async {
+            let exec = docker
+                .create_exec(
+                    name,
+                    CreateExecOptions {
+                        cmd: Some(cmd.to_vec()),
+                        attach_stdout: Some(true),
+                        attach_stderr: Some(true),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| {
+                    if is_not_found(&e) {
+                        DockerError::NotFound(name.to_owned())
+                    } else {
+                        api(what.clone())(e)
+                    }
+                })?;
+            let mut lines = Vec::new();
+            if let StartExecResults::Attached { mut output, .. } = docker
+                .start_exec(&exec.id, None)
+                .await
+                .map_err(api(what.clone()))?
+            {
+                while let Some(chunk) = output.next().await {
+                    let (stream, bytes) = match chunk.map_err(api(what.clone()))? {
+                        LogOutput::StdErr { message } => (LogStream::Stderr, message),
+                        LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                            (LogStream::Stdout, message)
+                        }
+                        LogOutput::StdIn { .. } => continue,
+                    };
+                    for line in String::from_utf8_lossy(&bytes).lines() {
+                        if lines.len() < EXEC_KEEP {
+                            lines.push((stream, line.to_owned()));
+                        }
+                    }
+                }
+            }
+            let inspected = docker
+                .inspect_exec(&exec.id)
+                .await
+                .map_err(api(what.clone()))?;
+            Ok(ExecOutput {
+                exit_code: inspected.exit_code,
+                lines,
+            })
+        };
+        match tokio::time::timeout(limit, work).await {
+            Ok(result) => result,
+            Err(_) => Err(DockerError::TimedOut { what, limit }),
+        }
+    }
+
+    /// Removes the sandbox's network once no container of the sandbox is
+    /// left on this engine; returns whether it did.
+    pub async fn remove_network_if_unused(
+        &self,
+        network: &str,
+        sandbox: &str,
+    ) -> Result<bool, DockerError> {
+        if !self.sandbox_containers(sandbox).await?.is_empty() {
+            return Ok(false);
+        }
+        let docker = self.client().await?;
+        let _serial = self.network_lock.lock().await;
+        match docker
+            .inspect_network(
+                network,
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+            .await
+        {
+            Ok(info) => {
+                // Something outside SDP joined it: not ours to pull away.
+                if info.containers.is_some_and(|c| !c.is_empty()) {
+                    return Ok(false);
+                }
+            }
+            Err(e) if is_not_found(&e) => return Ok(false),
+            Err(e) => return Err(api(format!("inspecting network {network}"))(e)),
+        }
+        match docker.remove_network(network).await {
+            Ok(()) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(api(format!("removing network {network}"))(e)),
+        }
     }
 
     pub async fn liveness(&self, name: &str) -> Result<Liveness, DockerError> {

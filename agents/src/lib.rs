@@ -12,7 +12,10 @@
 //!   image with the worktree bind-mounted at `/src`, in the sandbox's Docker
 //!   network, published on the chosen host port.
 //! - **gateway** agents validate Bitbucket credentials (`auth`, a real
-//!   `git ls-remote`); deploying the PHP gateway comes in a later version.
+//!   `git ls-remote`) and deploy the PHP gateway per sandbox ([`gateway`]):
+//!   the same worktree discipline, the gateway image with the worktree
+//!   bind-mounted, and the sandbox's route overrides patched into its
+//!   `config.php` ([`routes`]) and reloaded gracefully.
 //!
 //! Progress is streamed as events and log lines on `sdp.deploy.{id}.*` with
 //! one sequence number per deployment, and spooled on disk so a `replay`
@@ -22,11 +25,13 @@
 //! builds are spawned only through [`build`].
 
 mod agent;
+pub mod atomic;
 pub mod build;
 pub mod config;
 pub mod docker;
 pub mod environment;
 pub mod error;
+mod gateway;
 pub mod git;
 mod locks;
 pub mod mask;
@@ -36,6 +41,7 @@ mod presence;
 pub mod probe;
 pub mod process;
 mod reporter;
+pub mod routes;
 pub mod spool;
 mod worktree;
 

@@ -1,18 +1,20 @@
 //! The micro deployment pipeline: `git fetch` → `git checkout` → `git pull`
-//! → `go build` → `start container`.
+//! → `go build` → `start container`, and the steps the gateway pipeline
+//! ([`crate::gateway`]) shares with it.
 //!
 //! Each stage reports `StageStarted`, its log lines, then `StageCompleted`,
 //! or `StageFailed` followed by the `FAILED` state, after which nothing else
 //! runs. Success ends in the `RUNNING` state with the commit and container.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use sdp_contract::stages::{GIT_CHECKOUT, GIT_FETCH, GIT_PULL, GO_BUILD, START_CONTAINER};
 use sdp_contract::{
-    BranchName, Credentials, DeployEnvironment, DeploymentState, EventKind, LogStream, SandboxName,
-    ServiceName,
+    BranchName, Credentials, DeployEnvironment, DeploymentState, EventKind, LogStream, NodeKind,
+    RouteTarget, SandboxName, ServiceName,
 };
 use tokio::sync::OwnedMutexGuard;
 use tokio::time::Instant;
@@ -32,7 +34,7 @@ use crate::{probe, worktree};
 const STDOUT_KEEP: usize = 1000;
 /// Container log lines shown when a service dies while starting.
 const LAST_LOGS: usize = 20;
-const SHUTTING_DOWN: &str = "the agent is shutting down";
+pub(crate) const SHUTTING_DOWN: &str = "the agent is shutting down";
 
 /// A deployment accepted by the `deploy` op, its input already validated.
 /// No `Debug`: the environment holds secret values.
@@ -46,11 +48,13 @@ pub(crate) struct Deployment {
     pub clone: PathBuf,
     pub credentials: Credentials,
     pub environment: DeployEnvironment,
+    /// Gateway deployments: the route overrides to apply.
+    pub routes: BTreeMap<String, RouteTarget>,
 }
 
 /// The pipeline stopped; the failure has been reported.
 #[derive(Debug)]
-struct Stopped;
+pub(crate) struct Stopped;
 
 pub(crate) async fn run(shared: Arc<Shared>, deployment: Deployment, reporter: Reporter) {
     let id = deployment.id.clone();
@@ -59,7 +63,11 @@ pub(crate) async fn run(shared: Arc<Shared>, deployment: Deployment, reporter: R
         shared: &shared,
         reporter,
     };
-    match run.stages(deployment).await {
+    let result = match shared.config.kind {
+        NodeKind::Gateway => run.gateway_stages(deployment).await,
+        NodeKind::Micro | NodeKind::Infra => run.stages(deployment).await,
+    };
+    match result {
         Ok(()) => tracing::info!(deployment = %id, "deployment running"),
         Err(Stopped) => tracing::info!(deployment = %id, "deployment failed"),
     }
@@ -83,6 +91,7 @@ impl Run<'_> {
             clone,
             credentials,
             environment,
+            routes: _,
         } = deployment;
         let worktree = worktree::path(&self.shared.config.work_root, &sandbox, &repository);
 
@@ -134,7 +143,7 @@ impl Run<'_> {
         Ok(())
     }
 
-    async fn begin(&mut self, stage: &str) {
+    pub(crate) async fn begin(&mut self, stage: &str) {
         self.reporter
             .event(EventKind::StageStarted {
                 stage: stage.to_owned(),
@@ -143,7 +152,7 @@ impl Run<'_> {
     }
 
     /// Reports how a stage ended; a failure ends the deployment.
-    async fn end<T>(&mut self, stage: &str, result: Result<T, String>) -> Result<T, Stopped> {
+    pub(crate) async fn end<T>(&mut self, stage: &str, result: Result<T, String>) -> Result<T, Stopped> {
         match result {
             Ok(value) => {
                 self.reporter
@@ -175,7 +184,7 @@ impl Run<'_> {
     }
 
     /// Takes `lock`, saying so in the log when it has to wait.
-    async fn turn(
+    pub(crate) async fn turn(
         &mut self,
         stage: &str,
         lock: Arc<tokio::sync::Mutex<()>>,
@@ -216,7 +225,7 @@ impl Run<'_> {
     }
 
     /// Forwards a process's output to the log until it exits.
-    async fn stream(
+    pub(crate) async fn stream(
         &mut self,
         stage: &str,
         mut process: Process,
@@ -247,7 +256,7 @@ impl Run<'_> {
         Ok(done)
     }
 
-    fn git_in(&self, dir: &Path) -> Git {
+    pub(crate) fn git_in(&self, dir: &Path) -> Git {
         Git::new(&self.shared.config.git_program, dir)
     }
 
@@ -259,13 +268,31 @@ impl Run<'_> {
         worktree: &Path,
         credentials: &Credentials,
     ) -> Result<(OwnedMutexGuard<()>, OwnedMutexGuard<()>), String> {
+        let turns = self
+            .take_turns(GIT_FETCH, sandbox, repository, worktree)
+            .await?;
+        worktree::ensure(self, GIT_FETCH, clone, worktree).await?;
+        self.fetch_origin(GIT_FETCH, worktree, credentials).await?;
+        Ok(turns)
+    }
+
+    /// Waits for this worktree's previous deployment, then for other
+    /// sandboxes' git work on the repository. The first guard is held to
+    /// the end of the deployment, the second until git is done.
+    pub(crate) async fn take_turns(
+        &mut self,
+        stage: &str,
+        sandbox: &SandboxName,
+        repository: &ServiceName,
+        worktree: &Path,
+    ) -> Result<(OwnedMutexGuard<()>, OwnedMutexGuard<()>), String> {
         let slot = self
             .shared
             .worktree_locks
             .get(&worktree.display().to_string());
         let slot = self
             .turn(
-                GIT_FETCH,
+                stage,
                 slot,
                 format!("waiting for the previous deployment of {repository} in sandbox {sandbox}"),
             )
@@ -273,18 +300,26 @@ impl Run<'_> {
         let repo = self.shared.repo_locks.get(repository.as_str());
         let repo = self
             .turn(
-                GIT_FETCH,
+                stage,
                 repo,
                 format!("waiting for another sandbox's git operation on {repository}"),
             )
             .await?;
-        worktree::ensure(self, GIT_FETCH, clone, worktree).await?;
+        Ok((slot, repo))
+    }
+
+    pub(crate) async fn fetch_origin(
+        &mut self,
+        stage: &str,
+        worktree: &Path,
+        credentials: &Credentials,
+    ) -> Result<(), String> {
         let git = self
             .git_in(worktree)
             .with_credentials(&self.shared.askpass, credentials);
         let done = self
             .git(
-                GIT_FETCH,
+                stage,
                 &git,
                 &["fetch", "--prune", "origin"],
                 Some(&credentials.password),
@@ -293,10 +328,10 @@ impl Run<'_> {
         if !done.success() {
             return Err(git_failure("git fetch", &done));
         }
-        Ok((slot, repo))
+        Ok(())
     }
 
-    async fn checkout(&mut self, worktree: &Path, branch: &BranchName) -> Result<(), String> {
+    pub(crate) async fn checkout(&mut self, worktree: &Path, branch: &BranchName) -> Result<(), String> {
         let git = self.git_in(worktree);
         // A full ref name can never be read as an option, whatever the
         // branch is called; the branch was validated besides.
@@ -332,7 +367,7 @@ impl Run<'_> {
     }
 
     /// Returns the commit now checked out.
-    async fn pull(
+    pub(crate) async fn pull(
         &mut self,
         worktree: &Path,
         branch: &BranchName,
@@ -430,6 +465,8 @@ impl Run<'_> {
                 (labels::DEPLOYMENT, t.deployment),
                 (labels::COMMIT, t.commit),
                 (labels::BRANCH, t.branch.as_str()),
+                (labels::REPOSITORY, t.repository.as_str()),
+                (labels::NODE, config.node.as_str()),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -471,7 +508,7 @@ impl Run<'_> {
 
     /// Polls, with a short backoff, until the published port reaches the
     /// service, the container exits, or the start timeout passes.
-    async fn wait_ready(&mut self, name: &str, port: u16) -> Result<(), String> {
+    pub(crate) async fn wait_ready(&mut self, name: &str, port: u16) -> Result<(), String> {
         let config = &self.shared.config;
         let deadline = Instant::now() + config.start_timeout;
         let mut delay = Duration::from_millis(50);
@@ -516,7 +553,7 @@ impl Run<'_> {
     }
 
     /// Logs the container's last lines; returns the very last.
-    async fn show_last_logs(&mut self, name: &str) -> Option<String> {
+    pub(crate) async fn show_last_logs(&mut self, name: &str) -> Option<String> {
         let lines = match self.shared.docker.last_logs(name, LAST_LOGS).await {
             Ok(lines) => lines,
             Err(e) => {
@@ -555,7 +592,7 @@ struct Target<'a> {
 }
 
 /// Why a git command failed, in words for the user.
-fn git_failure(what: &str, done: &Finished) -> String {
+pub(crate) fn git_failure(what: &str, done: &Finished) -> String {
     if git::is_auth_failure(&done.stderr) {
         return "authentication failed: Bitbucket rejected the credentials".to_owned();
     }

@@ -1,83 +1,171 @@
 //! One client connection: a reader task that parses and routes, and a
-//! writer task that drains the client's outbound queue in batches.
+//! writer task that drains the client's outbound buffer in batches.
 //!
 //! Routing happens on the publisher's reader task: it looks the subject up
-//! in the shared [`Sublist`](crate::sublist::Sublist) (a read lock held only
-//! for the lookup), formats one frame per receiving subscription and pushes
-//! it onto the receiver's unbounded queue. Memory is bounded by counting the
-//! queued bytes per client and dropping clients that exceed `max_pending`
-//! (slow consumers), as nats-server does.
+//! (in a per-connection result cache validated by the sublist generation,
+//! so the shared sublist lock is only taken after a subscription change),
+//! and appends one `MSG` frame per receiving subscription straight into
+//! the receiver's outbound buffer (a short per-receiver mutex, no
+//! allocation per message). The receiver's writer task swaps the buffer
+//! out and writes it in one go. A receiver whose buffered bytes exceed
+//! `max_pending` is closed as a slow consumer; a publisher never waits for
+//! a receiver.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use parking_lot::Mutex;
 use rand::Rng;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, trace, warn};
+use tracing::{debug, error, trace, warn};
 
+use crate::auth::{self, ClientPerms};
 use crate::error::ProtocolError;
 use crate::parser::{ClientOp, ConnectOptions, Parser};
 use crate::server::{SERVER_VERSION, ServerInfo, Shared};
-use crate::subject::{is_valid_publish_subject, is_valid_subject};
+use crate::subject::{has_wildcard, is_valid_publish_subject, is_valid_subject};
+use crate::sublist::SublistResult;
 
 /// Header block of the status message sent for a request nobody serves.
 const NO_RESPONDERS_HEADER: &[u8] = b"NATS/1.0 503\r\n\r\n";
-/// Writes are batched up to about this many bytes.
-const MAX_WRITE_BATCH: usize = 64 * 1024;
-/// Free space kept in the read buffer before each read.
-const READ_RESERVE: usize = 16 * 1024;
+/// First size of a connection's read buffer; it grows with traffic.
+const MIN_READ: usize = 512;
+/// Largest read buffer reservation.
+const MAX_READ: usize = 64 * 1024;
 /// How long queued frames (typically a final `-ERR`) may take to flush once
 /// the connection is closing.
 const CLOSE_FLUSH_DEADLINE: Duration = Duration::from_secs(1);
+/// Entries in a connection's subject → subscribers cache.
+const MATCH_CACHE_SIZE: usize = 1024;
+/// A writer buffer larger than this is dropped after use so idle
+/// connections give the memory back.
+const KEEP_BUFFER: usize = 256 * 1024;
 
-/// The sending side of a client, shared with the subscriptions that deliver
-/// to it.
+/// Bytes waiting for a client's writer, with its outbound counters.
+#[derive(Debug, Default)]
+struct OutBuf {
+    buf: BytesMut,
+    msgs: u64,
+    bytes: u64,
+}
+
+/// Connection metadata for monitoring, filled at CONNECT.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ClientMeta {
+    pub name: Option<String>,
+    pub lang: Option<String>,
+    pub version: Option<String>,
+    pub user: Option<String>,
+}
+
+/// The part of a client shared with the subscriptions that deliver to it
+/// and with monitoring.
 #[derive(Debug)]
 pub(crate) struct Outbound {
-    cid: u64,
-    tx: mpsc::UnboundedSender<Bytes>,
-    /// Bytes queued and not yet written.
-    pending: AtomicUsize,
+    pub cid: u64,
+    pub peer: SocketAddr,
+    pub started: SystemTime,
+    out: Mutex<OutBuf>,
+    /// Bytes taken by the writer and not yet written.
+    in_flight: AtomicUsize,
+    notify: Notify,
     max_pending: usize,
     /// Whether the client declared `headers: true`; decides HMSG vs MSG.
     headers: AtomicBool,
     /// Cancelled when the connection is closing, for whatever reason.
     closing: CancellationToken,
+    slow: AtomicBool,
+    perms: OnceLock<Arc<ClientPerms>>,
+    pub meta: Mutex<ClientMeta>,
+    pub in_msgs: AtomicU64,
+    pub in_bytes: AtomicU64,
+    pub subs: AtomicUsize,
 }
 
 impl Outbound {
-    /// Queues a frame. Returns false when the client is closing or was just
-    /// found to be a slow consumer.
-    fn send(&self, frame: Bytes) -> bool {
+    /// Appends a frame of `len` bytes written by `write`. Returns false when
+    /// the client is closing or was just found to be a slow consumer.
+    fn push(&self, shared: &Shared, len: usize, write: impl FnOnce(&mut BytesMut)) -> bool {
         if self.closing.is_cancelled() {
             return false;
         }
-        let len = frame.len();
-        let pending = self.pending.fetch_add(len, Ordering::AcqRel) + len;
+        let mut out = self.out.lock();
+        let pending = out.buf.len() + self.in_flight.load(Ordering::Relaxed) + len;
         if pending > self.max_pending {
-            self.pending.fetch_sub(len, Ordering::AcqRel);
-            warn!(
-                cid = self.cid,
-                pending, "Slow Consumer Detected: MaxPending of {} Exceeded", self.max_pending
-            );
+            drop(out);
+            if !self.slow.swap(true, Ordering::AcqRel) {
+                shared.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                warn!(
+                    cid = self.cid,
+                    peer = %self.peer,
+                    "Slow Consumer Detected: MaxPending of {} Exceeded", self.max_pending
+                );
+            }
             self.closing.cancel();
             return false;
         }
-        self.tx.send(frame).is_ok()
+        let was_empty = out.buf.is_empty();
+        write(&mut out.buf);
+        drop(out);
+        if was_empty {
+            self.notify.notify_one();
+        }
+        true
     }
 
-    fn send_static(&self, frame: &'static [u8]) -> bool {
-        self.send(Bytes::from_static(frame))
+    fn send_bytes(&self, shared: &Shared, frame: &[u8]) -> bool {
+        self.push(shared, frame.len(), |b| b.extend_from_slice(frame))
+    }
+
+    /// Queues a MSG/HMSG frame and counts it.
+    fn send_msg(
+        &self,
+        shared: &Shared,
+        subject: &[u8],
+        sid: &[u8],
+        reply: Option<&[u8]>,
+        headers: Option<&[u8]>,
+        payload: &[u8],
+    ) -> bool {
+        let hlen = headers.map_or(0, <[u8]>::len);
+        let len = 48 + subject.len() + sid.len() + reply.map_or(0, <[u8]>::len) + hlen + payload.len();
+        if self.closing.is_cancelled() {
+            return false;
+        }
+        let mut out = self.out.lock();
+        let pending = out.buf.len() + self.in_flight.load(Ordering::Relaxed) + len;
+        if pending > self.max_pending {
+            drop(out);
+            return self.push(shared, len, |_| {});
+        }
+        let was_empty = out.buf.is_empty();
+        format_message(&mut out.buf, subject, sid, reply, headers, payload);
+        out.msgs += 1;
+        out.bytes += (hlen + payload.len()) as u64;
+        drop(out);
+        if was_empty {
+            self.notify.notify_one();
+        }
+        true
+    }
+
+    /// Messages and bytes delivered to this client.
+    pub fn out_counters(&self) -> (u64, u64) {
+        let out = self.out.lock();
+        (out.msgs, out.bytes)
+    }
+
+    /// Bytes queued for this client.
+    pub fn pending_bytes(&self) -> usize {
+        self.out.lock().buf.len() + self.in_flight.load(Ordering::Relaxed)
     }
 }
 
@@ -88,6 +176,7 @@ pub(crate) struct Subscription {
     subject: Bytes,
     queue: Option<Bytes>,
     sid: Bytes,
+    wildcard: bool,
     /// Auto-unsubscribe after this many deliveries; 0 = never.
     max: AtomicU64,
     delivered: AtomicU64,
@@ -105,14 +194,14 @@ impl Subscription {
 /// Takes `sub` out of the shared sublist, once.
 fn remove_subscription(shared: &Shared, sub: &Arc<Subscription>) {
     if !sub.removed.swap(true, Ordering::AcqRel) {
-        shared
-            .write_sublist()
-            .remove(&sub.subject, sub.queue.as_deref(), sub);
+        shared.remove_sub(&sub.subject, sub.queue.as_deref(), sub);
+        sub.client.subs.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-/// Formats `MSG`/`HMSG` for `sub`, queues it, and applies the auto-unsubscribe
-/// limit. Returns whether the message was queued.
+/// Queues `MSG`/`HMSG` for `sub` and applies the auto-unsubscribe limit and
+/// the receiver's subscribe deny list. Returns whether the message was
+/// queued.
 fn deliver(
     shared: &Shared,
     sub: &Arc<Subscription>,
@@ -124,33 +213,45 @@ fn deliver(
     if sub.is_removed() {
         return false;
     }
-    let count = sub.delivered.fetch_add(1, Ordering::AcqRel) + 1;
+    let perms = sub.client.perms.get();
+    if let Some(p) = perms {
+        if sub.wildcard && p.has_subscribe_deny() && p.delivery_denied(subject) {
+            return false;
+        }
+    }
     let max = sub.max.load(Ordering::Acquire);
     if max > 0 {
+        let count = sub.delivered.fetch_add(1, Ordering::AcqRel) + 1;
         if count > max {
             return false;
         }
         if count == max {
             remove_subscription(shared, sub);
         }
+    } else {
+        sub.delivered.fetch_add(1, Ordering::Relaxed);
+    }
+    if let (Some(p), Some(reply)) = (perms, reply) {
+        if p.has_responses() {
+            p.note_request(reply);
+        }
     }
     // Clients that did not declare headers get the payload alone.
     let headers = headers.filter(|_| sub.client.headers.load(Ordering::Relaxed));
-    let frame = format_message(subject, &sub.sid, reply, headers, payload);
-    sub.client.send(frame)
+    sub.client
+        .send_msg(shared, subject, &sub.sid, reply, headers, payload)
 }
 
 fn format_message(
+    buf: &mut BytesMut,
     subject: &[u8],
     sid: &[u8],
     reply: Option<&[u8]>,
     headers: Option<&[u8]>,
     payload: &[u8],
-) -> Bytes {
+) {
     let hlen = headers.map_or(0, <[u8]>::len);
-    let mut buf = BytesMut::with_capacity(
-        48 + subject.len() + sid.len() + reply.map_or(0, <[u8]>::len) + hlen + payload.len(),
-    );
+    buf.reserve(48 + subject.len() + sid.len() + reply.map_or(0, <[u8]>::len) + hlen + payload.len());
     buf.put_slice(if headers.is_some() { b"HMSG " } else { b"MSG " });
     buf.put_slice(subject);
     buf.put_u8(b' ');
@@ -160,32 +261,96 @@ fn format_message(
         buf.put_slice(reply);
         buf.put_u8(b' ');
     }
-    // Writing into a BytesMut cannot fail.
-    let _ = match headers {
-        Some(_) => write!(buf, "{} {}\r\n", hlen, hlen + payload.len()),
-        None => write!(buf, "{}\r\n", payload.len()),
-    };
+    let mut num = itoa_buf(hlen);
+    if headers.is_some() {
+        buf.put_slice(num.as_bytes());
+        buf.put_u8(b' ');
+        num = itoa_buf(hlen + payload.len());
+    } else {
+        num = itoa_buf(payload.len());
+    }
+    buf.put_slice(num.as_bytes());
+    buf.put_slice(b"\r\n");
     if let Some(h) = headers {
         buf.put_slice(h);
     }
     buf.put_slice(payload);
     buf.put_slice(b"\r\n");
-    buf.freeze()
 }
 
-/// Spawns the reader and writer tasks of a newly accepted connection.
-pub(crate) fn spawn(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+/// Decimal digits of `n` without allocating.
+struct Digits {
+    buf: [u8; 20],
+    start: usize,
+}
+
+impl Digits {
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
+fn itoa_buf(mut n: usize) -> Digits {
+    let mut d = Digits {
+        buf: [0; 20],
+        start: 20,
+    };
+    loop {
+        d.start -= 1;
+        d.buf[d.start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return d;
+        }
+    }
+}
+
+/// Unregisters a client from the server when its connection ends.
+struct Registration {
+    shared: Arc<Shared>,
+    cid: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.shared.clients.lock().remove(&self.cid);
+        self.shared
+            .stats
+            .connections
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves one accepted connection until it closes.
+pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let cid = shared.next_client_id();
-    let (tx, rx) = mpsc::unbounded_channel();
+    let current = shared.stats.connections.fetch_add(1, Ordering::Relaxed) + 1;
+    shared
+        .stats
+        .total_connections
+        .fetch_add(1, Ordering::Relaxed);
     let out = Arc::new(Outbound {
         cid,
-        tx,
-        pending: AtomicUsize::new(0),
+        peer,
+        started: SystemTime::now(),
+        out: Mutex::new(OutBuf::default()),
+        in_flight: AtomicUsize::new(0),
+        notify: Notify::new(),
         max_pending: shared.config.max_pending,
         headers: AtomicBool::new(false),
         closing: shared.shutdown.child_token(),
+        slow: AtomicBool::new(false),
+        perms: OnceLock::new(),
+        meta: Mutex::new(ClientMeta::default()),
+        in_msgs: AtomicU64::new(0),
+        in_bytes: AtomicU64::new(0),
+        subs: AtomicUsize::new(0),
     });
-    let (rd, wr) = stream.into_split();
+    let registration = Registration {
+        shared: shared.clone(),
+        cid,
+    };
+    shared.clients.lock().insert(cid, out.clone());
     debug!(cid, %peer, "Client connection created");
 
     let info = ServerInfo {
@@ -196,38 +361,95 @@ pub(crate) fn spawn(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         host: &shared.host,
         port: shared.port,
         headers: true,
+        auth_required: shared.config.authorization.is_required(),
+        tls_required: shared.config.tls.is_some(),
         max_payload: shared.config.max_payload,
         client_id: cid,
         client_ip: peer.ip().to_string(),
     };
-    match serde_json::to_string(&info) {
+    let mut first = match serde_json::to_vec(&info) {
         Ok(json) => {
-            out.send(Bytes::from(format!("INFO {json}\r\n")));
+            let mut line = b"INFO ".to_vec();
+            line.extend_from_slice(&json);
+            line.extend_from_slice(b" \r\n");
+            line
         }
         Err(e) => {
-            warn!(cid, "cannot encode INFO: {e}");
+            error!(cid, "cannot encode INFO: {e}");
             return;
         }
+    };
+    let max_conns = shared.config.max_connections;
+    let refused = max_conns > 0 && current > max_conns;
+    if refused {
+        error!(cid, %peer, "maximum connections exceeded");
+        first.extend_from_slice(ProtocolError::MaxConnections.to_wire().as_bytes());
+    }
+    // The INFO goes out in clear, also when TLS follows (nats-server 2.9).
+    let sent = tokio::time::timeout(shared.config.write_deadline, stream.write_all(&first)).await;
+    if refused || !matches!(sent, Ok(Ok(()))) {
+        let _ = stream.shutdown().await;
+        drop(registration);
+        return;
     }
 
-    shared.tracker.spawn(write_loop(
+    match shared.config.tls.as_ref().map(|t| t.acceptor()) {
+        Some(acceptor) => {
+            let handshake =
+                tokio::time::timeout(shared.config.tls_timeout, acceptor.accept(stream)).await;
+            match handshake {
+                Ok(Ok(tls)) => {
+                    let (rd, wr) = tokio::io::split(tls);
+                    run(rd, wr, peer, shared, out, registration).await;
+                }
+                Ok(Err(e)) => debug!(cid, %peer, "TLS handshake error: {e}"),
+                Err(_) => debug!(cid, %peer, "TLS handshake timeout"),
+            }
+        }
+        None => {
+            let (rd, wr) = stream.into_split();
+            run(rd, wr, peer, shared, out, registration).await;
+        }
+    }
+}
+
+async fn run<R, W>(
+    rd: R,
+    wr: W,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    out: Arc<Outbound>,
+    registration: Registration,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let writer = shared.tracker.spawn(write_loop(
         wr,
-        rx,
         out.clone(),
         shared.shutdown.clone(),
         shared.config.write_deadline,
     ));
+    let mut parser = Parser::with_capacity(shared.config.parser_limits(), MIN_READ);
+    parser.set_headers_allowed(false);
+    let authenticated = !shared.config.authorization.is_required();
     let conn = Connection {
-        parser: Parser::new(shared.config.parser_limits()),
-        shared: shared.clone(),
-        cid,
+        parser,
+        cid: out.cid,
         peer,
         out,
         opts: ConnectOptions::default(),
         subs: HashMap::new(),
         pings_out: 0,
+        authenticated,
+        perms: None,
+        cache: HashMap::new(),
+        cache_generation: 0,
+        shared,
     };
-    shared.tracker.spawn(conn.read_loop(rd));
+    conn.read_loop(rd).await;
+    let _ = writer.await;
+    drop(registration);
 }
 
 struct Connection {
@@ -241,36 +463,58 @@ struct Connection {
     /// This client's subscriptions by sid.
     subs: HashMap<Bytes, Arc<Subscription>>,
     pings_out: u32,
+    authenticated: bool,
+    perms: Option<Arc<ClientPerms>>,
+    /// Subject → subscribers, valid while the sublist generation is
+    /// `cache_generation`.
+    cache: HashMap<Bytes, Arc<SublistResult<Subscription>>>,
+    cache_generation: u64,
 }
 
 impl Connection {
-    async fn read_loop(mut self, mut rd: OwnedReadHalf) {
+    async fn read_loop<R: AsyncRead + Unpin>(mut self, mut rd: R) {
         let interval = self.shared.config.ping_interval;
         let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let auth_deadline = tokio::time::sleep(self.shared.config.auth_timeout);
+        tokio::pin!(auth_deadline);
         let closing = self.out.closing.clone();
+        let mut read_size = MIN_READ;
 
         let reason: String = loop {
             let buf = self.parser.buffer_mut();
-            if buf.capacity() - buf.len() < READ_RESERVE {
-                buf.reserve(READ_RESERVE);
+            if buf.capacity() - buf.len() < read_size / 2 {
+                buf.reserve(read_size);
             }
             tokio::select! {
                 biased;
                 _ = closing.cancelled() => break "closed by server".into(),
+                _ = &mut auth_deadline, if !self.authenticated => {
+                    self.send_error(&ProtocolError::AuthenticationTimeout);
+                    break "authentication timeout".into();
+                }
                 _ = ping.tick() => {
                     if self.pings_out + 1 > self.shared.config.max_pings_out {
                         self.send_error(&ProtocolError::StaleConnection);
                         break "stale connection".into();
                     }
                     self.pings_out += 1;
-                    self.out.send_static(b"PING\r\n");
+                    self.out.send_bytes(&self.shared, b"PING\r\n");
                 }
                 read = rd.read_buf(self.parser.buffer_mut()) => match read {
                     Ok(0) => break "client closed connection".into(),
-                    Ok(_) => {
+                    Ok(n) => {
+                        // Grow the buffer for busy clients, shrink it back
+                        // for quiet ones.
+                        if n >= read_size && read_size < MAX_READ {
+                            read_size *= 2;
+                        } else if n < read_size / 4 && read_size > MIN_READ {
+                            read_size /= 2;
+                        }
                         if let Err(e) = self.process() {
-                            self.send_error(&e);
+                            if e.sends_error() {
+                                self.send_error(&e);
+                            }
                             break format!("protocol error: {e}");
                         }
                     }
@@ -283,7 +527,8 @@ impl Connection {
             remove_subscription(&self.shared, sub);
         }
         self.out.closing.cancel();
-        debug!(cid = self.cid, peer = %self.peer, name = ?self.opts.name, "Client connection closed: {reason}");
+        let name = self.out.meta.lock().name.clone();
+        debug!(cid = self.cid, peer = %self.peer, ?name, "Client connection closed: {reason}");
     }
 
     /// Handles every complete operation in the buffer. Returns the error
@@ -301,29 +546,39 @@ impl Connection {
     }
 
     fn send_error(&self, e: &ProtocolError) {
-        debug!(cid = self.cid, "-ERR '{}' ({e})", e.server_message());
-        self.out.send(Bytes::from(e.to_wire()));
+        match e {
+            ProtocolError::PublishViolation(s) => {
+                error!(cid = self.cid, peer = %self.peer, "Publish Violation - Subject {s:?}");
+            }
+            ProtocolError::SubscriptionViolation(s) => {
+                error!(cid = self.cid, peer = %self.peer, "Subscription Violation - Subject {s:?}");
+            }
+            ProtocolError::AuthorizationViolation => {
+                error!(cid = self.cid, peer = %self.peer, "authentication error");
+            }
+            _ => debug!(cid = self.cid, "-ERR '{}' ({e})", e.server_message()),
+        }
+        self.out
+            .send_bytes(&self.shared, e.to_wire().as_bytes());
     }
 
     fn ok(&self) {
         if self.opts.verbose {
-            self.out.send_static(b"+OK\r\n");
+            self.out.send_bytes(&self.shared, b"+OK\r\n");
         }
     }
 
     fn handle(&mut self, op: ClientOp) -> Result<(), ProtocolError> {
         trace!(cid = self.cid, ?op, "<<-");
+        if !self.authenticated && !matches!(op, ClientOp::Connect(_)) {
+            return Err(ProtocolError::AuthorizationViolation);
+        }
         match op {
             ClientOp::Ping => {
-                self.out.send_static(b"PONG\r\n");
+                self.out.send_bytes(&self.shared, b"PONG\r\n");
             }
             ClientOp::Pong => self.pings_out = 0,
-            ClientOp::Connect(opts) => {
-                debug!(cid = self.cid, ?opts, "CONNECT");
-                self.out.headers.store(opts.headers, Ordering::Relaxed);
-                self.opts = *opts;
-                self.ok();
-            }
+            ClientOp::Connect(opts) => self.connect(*opts)?,
             ClientOp::Sub {
                 subject,
                 queue,
@@ -334,14 +589,51 @@ impl Connection {
                 subject,
                 reply,
                 payload,
-            } => self.publish(&subject, reply.as_deref(), None, &payload)?,
+            } => self.publish(subject, reply.as_deref(), None, &payload)?,
             ClientOp::Hpub {
                 subject,
                 reply,
                 headers,
                 payload,
-            } => self.publish(&subject, reply.as_deref(), Some(&headers), &payload)?,
+            } => self.publish(subject, reply.as_deref(), Some(&headers), &payload)?,
         }
+        Ok(())
+    }
+
+    fn connect(&mut self, opts: ConnectOptions) -> Result<(), ProtocolError> {
+        debug!(cid = self.cid, ?opts, "CONNECT");
+        if !self.authenticated {
+            let Some(ok) = auth::authenticate(
+                &self.shared.config.authorization,
+                opts.user.as_deref(),
+                opts.pass.as_deref(),
+                opts.auth_token.as_deref(),
+            ) else {
+                return Err(ProtocolError::AuthorizationViolation);
+            };
+            self.authenticated = true;
+            if let Some(p) = ok.perms {
+                let _ = self.out.perms.set(p.clone());
+                self.perms = Some(p);
+            }
+            self.out.meta.lock().user = ok.user;
+        }
+        if !(0..=1).contains(&opts.protocol) {
+            return Err(ProtocolError::BadClientProtocol);
+        }
+        if opts.no_responders && !opts.headers {
+            return Err(ProtocolError::NoRespondersRequiresHeaders);
+        }
+        self.out.headers.store(opts.headers, Ordering::Relaxed);
+        self.parser.set_headers_allowed(opts.headers);
+        {
+            let mut meta = self.out.meta.lock();
+            meta.name.clone_from(&opts.name);
+            meta.lang.clone_from(&opts.lang);
+            meta.version.clone_from(&opts.version);
+        }
+        self.opts = opts;
+        self.ok();
         Ok(())
     }
 
@@ -354,6 +646,13 @@ impl Connection {
         if !is_valid_subject(&subject) {
             return Err(ProtocolError::InvalidSubject);
         }
+        if let Some(p) = &self.perms {
+            if !p.can_subscribe(&subject) {
+                return Err(ProtocolError::SubscriptionViolation(
+                    String::from_utf8_lossy(&subject).into_owned(),
+                ));
+            }
+        }
         // nats-server ignores a SUB reusing a live sid; one whose
         // subscription auto-expired may be reused.
         if self.subs.get(&sid).is_some_and(|s| !s.is_removed()) {
@@ -362,6 +661,7 @@ impl Connection {
         }
         let sub = Arc::new(Subscription {
             client: self.out.clone(),
+            wildcard: has_wildcard(&subject),
             subject,
             queue,
             sid: sid.clone(),
@@ -370,9 +670,9 @@ impl Connection {
             removed: AtomicBool::new(false),
         });
         self.shared
-            .write_sublist()
-            .insert(&sub.subject, sub.queue.as_deref(), sub.clone())
+            .insert_sub(&sub.subject, sub.queue.as_deref(), sub.clone())
             .map_err(|_| ProtocolError::InvalidSubject)?;
+        self.out.subs.fetch_add(1, Ordering::Relaxed);
         self.subs.insert(sid, sub);
         self.ok();
         Ok(())
@@ -399,48 +699,94 @@ impl Connection {
         self.ok();
     }
 
+    /// The subscriptions matching `subject`, from the cache while no
+    /// subscription changed anywhere.
+    fn lookup(&mut self, subject: &Bytes) -> Arc<SublistResult<Subscription>> {
+        let generation = self.shared.generation();
+        if generation != self.cache_generation {
+            self.cache.clear();
+            self.cache_generation = generation;
+        } else if let Some(r) = self.cache.get(subject) {
+            return r.clone();
+        }
+        let (result, generation) = self.shared.match_subject(subject);
+        let result = Arc::new(result);
+        if generation == self.cache_generation {
+            if self.cache.len() >= MATCH_CACHE_SIZE {
+                self.cache.clear();
+            }
+            self.cache.insert(subject.clone(), result.clone());
+        }
+        result
+    }
+
     fn publish(
         &mut self,
-        subject: &[u8],
+        subject: Bytes,
         reply: Option<&[u8]>,
         headers: Option<&[u8]>,
         payload: &[u8],
     ) -> Result<(), ProtocolError> {
-        if !is_valid_publish_subject(subject) || reply.is_some_and(|r| !is_valid_publish_subject(r))
-        {
-            return Err(ProtocolError::InvalidPublishSubject);
+        let size = (headers.map_or(0, <[u8]>::len) + payload.len()) as u64;
+        self.out.in_msgs.fetch_add(1, Ordering::Relaxed);
+        self.out.in_bytes.fetch_add(size, Ordering::Relaxed);
+        self.shared.stats.in_msgs.fetch_add(1, Ordering::Relaxed);
+        self.shared.stats.in_bytes.fetch_add(size, Ordering::Relaxed);
+
+        if let Some(p) = &self.perms {
+            if p.restricts_publish() && !p.can_publish(&subject) {
+                return Err(ProtocolError::PublishViolation(
+                    String::from_utf8_lossy(&subject).into_owned(),
+                ));
+            }
         }
+        // nats-server checks the subject only for pedantic clients (the
+        // default), drops the message and still acknowledges it.
+        if self.opts.pedantic && !is_valid_publish_subject(&subject) {
+            self.send_error(&ProtocolError::InvalidPublishSubject);
+            self.ok();
+            return Ok(());
+        }
+        let result = self.lookup(&subject);
         let shared = &*self.shared;
-        let result = shared.read_sublist().matches(subject);
+        let stats = &shared.stats;
         let echo = self.opts.echo;
-        let own = |sub: &Arc<Subscription>| sub.client.cid == self.cid;
-        let mut delivered = false;
+        let cid = self.cid;
+        let own = |sub: &Arc<Subscription>| sub.client.cid == cid;
+        let mut delivered = 0u64;
 
         for sub in &result.psubs {
             if !echo && own(sub) {
                 continue;
             }
-            delivered |= deliver(shared, sub, subject, reply, headers, payload);
+            if deliver(shared, sub, &subject, reply, headers, payload) {
+                delivered += 1;
+            }
         }
         for group in &result.qsubs {
-            let members: Vec<&Arc<Subscription>> =
-                group.members.iter().filter(|s| echo || !own(s)).collect();
-            if members.is_empty() {
-                continue;
-            }
+            let n = group.members.len();
             // Start at a random member and fall through to the next ones if
-            // it cannot take the message (closing, or past its max).
-            let start = rand::thread_rng().gen_range(0..members.len());
-            for i in 0..members.len() {
-                let sub = members[(start + i) % members.len()];
-                if deliver(shared, sub, subject, reply, headers, payload) {
-                    delivered = true;
+            // it cannot take the message (closing, past its max, own).
+            let start = if n > 1 {
+                rand::thread_rng().gen_range(0..n)
+            } else {
+                0
+            };
+            for i in 0..n {
+                let sub = &group.members[(start + i) % n];
+                if !echo && own(sub) {
+                    continue;
+                }
+                if deliver(shared, sub, &subject, reply, headers, payload) {
+                    delivered += 1;
                     break;
                 }
             }
         }
-
-        if !delivered && self.opts.headers && self.opts.no_responders {
+        if delivered > 0 {
+            stats.out_msgs.fetch_add(delivered, Ordering::Relaxed);
+            stats.out_bytes.fetch_add(delivered * size, Ordering::Relaxed);
+        } else if self.opts.no_responders {
             if let Some(reply) = reply {
                 self.no_responders(reply);
             }
@@ -453,7 +799,7 @@ impl Connection {
     /// subscription matching the reply subject (the inbox wildcard clients
     /// use), as nats-server does.
     fn no_responders(&self, reply: &[u8]) {
-        let result = self.shared.read_sublist().matches(reply);
+        let (result, _) = self.shared.match_subject(reply);
         let sub = result
             .psubs
             .iter()
@@ -472,66 +818,79 @@ impl Connection {
     }
 }
 
-async fn write_loop(
-    mut wr: OwnedWriteHalf,
-    mut rx: mpsc::UnboundedReceiver<Bytes>,
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
     out: Arc<Outbound>,
     shutdown: CancellationToken,
     write_deadline: Duration,
 ) {
-    let mut buf = BytesMut::with_capacity(MAX_WRITE_BATCH);
-    loop {
-        let frame = tokio::select! {
+    let mut spare = BytesMut::new();
+    'outer: loop {
+        tokio::select! {
             biased;
             _ = out.closing.cancelled() => break,
-            frame = rx.recv() => frame,
-        };
-        let Some(frame) = frame else { break };
-        buf.extend_from_slice(&frame);
-        while buf.len() < MAX_WRITE_BATCH {
-            match rx.try_recv() {
-                Ok(frame) => buf.extend_from_slice(&frame),
-                Err(_) => break,
+            _ = out.notify.notified() => {}
+        }
+        loop {
+            {
+                let mut o = out.out.lock();
+                if o.buf.is_empty() {
+                    break;
+                }
+                std::mem::swap(&mut o.buf, &mut spare);
+                out.in_flight.store(spare.len(), Ordering::Relaxed);
+            }
+            let written = tokio::select! {
+                _ = shutdown.cancelled() => break 'outer,
+                r = tokio::time::timeout(write_deadline, wr.write_all(&spare)) => r,
+            };
+            match written {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    debug!(cid = out.cid, "write error: {e}");
+                    out.closing.cancel();
+                    return;
+                }
+                Err(_) => {
+                    warn!(
+                        cid = out.cid,
+                        peer = %out.peer,
+                        "Slow Consumer Detected: WriteDeadline of {write_deadline:?} exceeded"
+                    );
+                    out.slow.store(true, Ordering::Release);
+                    out.closing.cancel();
+                    return;
+                }
+            }
+            out.in_flight.store(0, Ordering::Relaxed);
+            spare.clear();
+            if spare.capacity() > KEEP_BUFFER {
+                spare = BytesMut::new();
             }
         }
-        let n = buf.len();
-        let written = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = tokio::time::timeout(write_deadline, wr.write_all(&buf)) => r,
-        };
-        match written {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                debug!(cid = out.cid, "write error: {e}");
-                out.closing.cancel();
-                return;
-            }
-            Err(_) => {
-                warn!(
-                    cid = out.cid,
-                    "Slow Consumer Detected: WriteDeadline of {write_deadline:?} exceeded"
-                );
-                out.closing.cancel();
-                return;
-            }
+        // Give memory back once the client is quiet.
+        let mut o = out.out.lock();
+        if o.buf.is_empty() && o.buf.capacity() > KEEP_BUFFER {
+            o.buf = BytesMut::new();
         }
-        out.pending.fetch_sub(n, Ordering::AcqRel);
-        buf.clear();
     }
 
     // Best effort: whatever was queued before the close (typically the
-    // final -ERR) goes out, within a short deadline.
-    buf.clear();
-    while let Ok(frame) = rx.try_recv() {
-        buf.extend_from_slice(&frame);
-        if buf.len() >= MAX_WRITE_BATCH {
-            break;
-        }
-    }
+    // final -ERR, or messages accepted before a shutdown) goes out, within
+    // a short deadline. A slow consumer gets nothing more.
+    let rest = if out.slow.load(Ordering::Acquire) {
+        BytesMut::new()
+    } else {
+        std::mem::take(&mut out.out.lock().buf)
+    };
     let flush = async {
-        if !buf.is_empty() {
-            wr.write_all(&buf).await?;
+        if !spare.is_empty() {
+            wr.write_all(&spare).await?;
         }
+        if !rest.is_empty() {
+            wr.write_all(&rest).await?;
+        }
+        wr.flush().await?;
         wr.shutdown().await
     };
     let _ = tokio::time::timeout(CLOSE_FLUSH_DEADLINE, flush).await;
@@ -541,23 +900,35 @@ async fn write_loop(
 mod tests {
     use super::*;
 
+    fn frame(
+        subject: &[u8],
+        sid: &[u8],
+        reply: Option<&[u8]>,
+        headers: Option<&[u8]>,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        format_message(&mut b, subject, sid, reply, headers, payload);
+        b.to_vec()
+    }
+
     #[test]
     fn message_frames() {
+        assert_eq!(frame(b"foo", b"1", None, None, b"hi"), b"MSG foo 1 2\r\nhi\r\n");
         assert_eq!(
-            &format_message(b"foo", b"1", None, None, b"hi")[..],
-            b"MSG foo 1 2\r\nhi\r\n"
-        );
-        assert_eq!(
-            &format_message(b"foo", b"1", Some(b"r.x"), None, b"")[..],
+            frame(b"foo", b"1", Some(b"r.x"), None, b""),
             b"MSG foo 1 r.x 0\r\n\r\n"
         );
         assert_eq!(
-            &format_message(b"_INBOX.a.b", b"9", None, Some(NO_RESPONDERS_HEADER), b"")[..],
+            frame(b"_INBOX.a.b", b"9", None, Some(NO_RESPONDERS_HEADER), b""),
             b"HMSG _INBOX.a.b 9 16 16\r\nNATS/1.0 503\r\n\r\n\r\n"
         );
         assert_eq!(
-            &format_message(b"s", b"2", Some(b"r"), Some(b"NATS/1.0\r\n\r\n"), b"x")[..],
+            frame(b"s", b"2", Some(b"r"), Some(b"NATS/1.0\r\n\r\n"), b"x"),
             b"HMSG s 2 r 12 13\r\nNATS/1.0\r\n\r\nx\r\n"
         );
+        let big = vec![b'x'; 1234567];
+        let f = frame(b"s", b"2", None, None, &big);
+        assert!(f.starts_with(b"MSG s 2 1234567\r\nxx"));
     }
 }

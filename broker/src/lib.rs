@@ -24,6 +24,10 @@
 //! - [`server`]: the listener, [`BrokerConfig`], [`Broker::start`] and the
 //!   [`BrokerHandle`];
 //! - `connection`: per-client reader and batching writer tasks;
+//! - [`auth`]: users, tokens, bcrypt passwords and permissions;
+//! - [`tls`]: rustls server configuration;
+//! - [`monitoring`]: `/healthz`, `/varz`, `/connz` over HTTP;
+//! - [`flags`]: nats-server's command line flags, for `sdp broker`;
 //! - [`error`]: [`BrokerError`] and the wire-level [`ProtocolError`].
 //!
 //! ```no_run
@@ -41,14 +45,20 @@
 //! # }
 //! ```
 
+pub mod auth;
 mod connection;
 pub mod error;
+pub mod flags;
+pub mod monitoring;
 pub mod parser;
 pub mod server;
 pub mod subject;
 pub mod sublist;
+pub mod tls;
 
+pub use auth::{Authorization, Permissions, ResponsePermission, SubjectPermission, User, Users};
 pub use error::{BrokerError, ProtocolError};
 pub use parser::{ClientOp, ConnectOptions, Parser, ParserLimits};
 pub use server::{Broker, BrokerConfig, BrokerHandle, SERVER_VERSION};
 pub use sublist::{Sublist, SublistResult};
+pub use tls::TlsConfig;

@@ -50,8 +50,7 @@ impl Default for ParserLimits {
 /// Fields missing from the JSON take nats-server's defaults, which are *not*
 /// all false: `verbose`, `pedantic` and `echo` default to true, so a bare
 /// `CONNECT {}` (or no CONNECT at all) gets `+OK` acknowledgements.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(default)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ConnectOptions {
     /// Acknowledge every operation with `+OK`.
     pub verbose: bool,
@@ -106,6 +105,52 @@ impl Default for ConnectOptions {
             jwt: None,
             nkey: None,
             sig: None,
+        }
+    }
+}
+
+/// CONNECT as sent: `null` and missing fields both mean "the default", as
+/// with Go's `encoding/json`.
+#[derive(Deserialize)]
+struct RawConnect {
+    verbose: Option<bool>,
+    pedantic: Option<bool>,
+    tls_required: Option<bool>,
+    auth_token: Option<String>,
+    user: Option<String>,
+    pass: Option<String>,
+    name: Option<String>,
+    lang: Option<String>,
+    version: Option<String>,
+    protocol: Option<i64>,
+    echo: Option<bool>,
+    headers: Option<bool>,
+    no_responders: Option<bool>,
+    jwt: Option<String>,
+    nkey: Option<String>,
+    sig: Option<String>,
+}
+
+impl From<RawConnect> for ConnectOptions {
+    fn from(r: RawConnect) -> Self {
+        let d = ConnectOptions::default();
+        ConnectOptions {
+            verbose: r.verbose.unwrap_or(d.verbose),
+            pedantic: r.pedantic.unwrap_or(d.pedantic),
+            tls_required: r.tls_required.unwrap_or(d.tls_required),
+            auth_token: r.auth_token,
+            user: r.user,
+            pass: r.pass,
+            name: r.name,
+            lang: r.lang,
+            version: r.version,
+            protocol: r.protocol.unwrap_or(d.protocol),
+            echo: r.echo.unwrap_or(d.echo),
+            headers: r.headers.unwrap_or(d.headers),
+            no_responders: r.no_responders.unwrap_or(d.no_responders),
+            jwt: r.jwt,
+            nkey: r.nkey,
+            sig: r.sig,
         }
     }
 }
@@ -338,6 +383,8 @@ pub struct Parser {
     /// How much of the current control line was already searched for `\n`,
     /// so byte-at-a-time input stays linear.
     scanned: usize,
+    /// Whether HPUB is accepted (the client declared `headers`).
+    headers_allowed: bool,
 }
 
 impl Parser {
@@ -348,7 +395,22 @@ impl Parser {
             buf: BytesMut::with_capacity(4096),
             state: State::ControlLine,
             scanned: 0,
+            headers_allowed: true,
         }
+    }
+
+    /// A parser whose input buffer starts with `capacity` bytes.
+    pub fn with_capacity(limits: ParserLimits, capacity: usize) -> Self {
+        let mut p = Parser::new(limits);
+        p.buf = BytesMut::with_capacity(capacity);
+        p
+    }
+
+    /// Whether HPUB is accepted (default true). A server sets it from the
+    /// client's CONNECT `headers` option: nats-server refuses HPUB from a
+    /// client that did not declare headers.
+    pub fn set_headers_allowed(&mut self, allowed: bool) {
+        self.headers_allowed = allowed;
     }
 
     /// The limits in force.
@@ -444,16 +506,25 @@ impl Parser {
         match kind {
             OpKind::Ping => Ok(LineOutcome::Op(ClientOp::Ping)),
             OpKind::Pong => Ok(LineOutcome::Op(ClientOp::Pong)),
-            // A client has no business sending these, but nats-server accepts
-            // and ignores them, so we do too.
-            OpKind::Info | OpKind::Ok | OpKind::Err => Ok(LineOutcome::Nothing),
+            // A client has no business sending these. nats-server ignores
+            // +OK and a well-formed INFO, and closes the connection
+            // silently on a client's -ERR or an unparsable INFO.
+            OpKind::Ok => Ok(LineOutcome::Nothing),
+            OpKind::Info => {
+                let json = &line[name_len..];
+                let start = json.iter().position(|b| !is_space(*b)).unwrap_or(json.len());
+                serde_json::from_slice::<serde_json::Value>(&json[start..])
+                    .map(|_| LineOutcome::Nothing)
+                    .map_err(|_| invalid("INFO", &line))
+            }
+            OpKind::Err => Err(invalid("-ERR", &line)),
             OpKind::Connect => {
                 let json = line[name_len..]
                     .iter()
                     .position(|b| !is_space(*b))
                     .map_or(&[][..], |start| &line[name_len + start..]);
-                serde_json::from_slice::<ConnectOptions>(json)
-                    .map(|o| LineOutcome::Op(ClientOp::Connect(Box::new(o))))
+                serde_json::from_slice::<RawConnect>(json)
+                    .map(|o| LineOutcome::Op(ClientOp::Connect(Box::new(o.into()))))
                     .map_err(|e| ProtocolError::InvalidConnect(e.to_string()))
             }
             OpKind::Pub => {
@@ -473,6 +544,9 @@ impl Parser {
                 }))
             }
             OpKind::Hpub => {
+                if !self.headers_allowed {
+                    return Err(ProtocolError::HeadersNotSupported);
+                }
                 let args = split_args(&line, name_len).ok_or_else(|| invalid("HPUB", &line))?;
                 let (subject, reply, hdr, total) = match args.as_slice() {
                     [s, h, t] => (s.clone(), None, h, t),
@@ -509,10 +583,9 @@ impl Parser {
                 let args = split_args(&line, name_len).ok_or_else(|| invalid("UNSUB", &line))?;
                 let (sid, max) = match args.as_slice() {
                     [id] => (id.clone(), None),
-                    [id, m] => {
-                        let m = parse_size(m).ok_or_else(|| invalid("UNSUB", &line))?;
-                        (id.clone(), Some(m as u64))
-                    }
+                    // nats-server reads an unparsable max as "none": the
+                    // subscription is removed at once.
+                    [id, m] => (id.clone(), parse_size(m).map(|m| m as u64)),
                     _ => return Err(invalid("UNSUB", &line)),
                 };
                 Ok(LineOutcome::Op(ClientOp::Unsub { sid, max }))
@@ -535,15 +608,13 @@ impl Parser {
             return Ok(None);
         };
         let n = pending.total_len;
-        // The body must be followed by CRLF; a bare LF is tolerated like on
-        // control lines.
+        // The body must be followed by exactly CRLF (nats-server tolerates a
+        // bare LF after control lines, not after bodies).
         let terminator = match self.buf.get(n..n + 2) {
             Some(b"\r\n") => 2,
-            Some([b'\n', _]) => 1,
             Some(_) => return Err(ProtocolError::UnknownOperation),
             None => match self.buf.get(n) {
                 None | Some(b'\r') => return Ok(None),
-                Some(b'\n') => 1,
                 Some(_) => return Err(ProtocolError::UnknownOperation),
             },
         };
@@ -722,7 +793,7 @@ mod tests {
     #[test]
     fn case_insensitive_tabs_and_bare_lf() {
         let ops = parse_ok(
-            "ping\npOnG\r\nsub\tfoo \t 1\npub  foo\t3\nabc\nUnSuB 1\nHpUb a 2 3\n\r\nx\r\n",
+            "ping\npOnG\r\nsub\tfoo \t 1\npub  foo\t3\nabc\r\nUnSuB 1\nHpUb a 2 3\n\r\nx\r\n",
         );
         assert_eq!(
             ops,
@@ -791,9 +862,15 @@ mod tests {
     }
 
     #[test]
-    fn ignores_info_ok_and_err_from_clients() {
-        let ops = parse_ok("INFO {}\r\n+OK\r\n-ERR 'x'\r\nPING\r\n");
+    fn ignores_info_and_ok_from_clients_refuses_err() {
+        let ops = parse_ok("INFO {}\r\n+OK\r\nPING\r\n");
         assert_eq!(ops, vec![ClientOp::Ping]);
+        for bad in ["-ERR 'x'\r\n", "INFO\r\n", "INFO {\r\n"] {
+            assert!(matches!(
+                parse_err(ParserLimits::default(), bad.as_bytes()),
+                ProtocolError::InvalidArguments { .. }
+            ));
+        }
     }
 
     #[test]
@@ -829,7 +906,33 @@ mod tests {
     }
 
     #[test]
+    fn connect_null_means_default_and_unsub_bad_max_means_now() {
+        let ops = parse_ok("CONNECT {\"verbose\":null,\"echo\":null,\"x\":1}\r\nUNSUB 1 x\r\n");
+        let ClientOp::Connect(o) = &ops[0] else {
+            panic!("not a connect")
+        };
+        assert!(o.verbose && o.echo);
+        assert_eq!(ops[1], ClientOp::Unsub { sid: b("1"), max: None });
+        assert!(matches!(
+            parse_err(ParserLimits::default(), b"CONNECT {} x\r\n"),
+            ProtocolError::InvalidConnect(_)
+        ));
+    }
+
+    #[test]
+    fn hpub_refused_without_headers() {
+        let mut p = parser();
+        p.set_headers_allowed(false);
+        p.feed(b"HPUB a 2 3\r\n");
+        assert_eq!(p.next_op(), Err(ProtocolError::HeadersNotSupported));
+    }
+
+    #[test]
     fn bad_payload_terminator() {
+        assert_eq!(
+            parse_err(ParserLimits::default(), b"PUB foo 1\r\nx\n"),
+            ProtocolError::UnknownOperation
+        );
         assert_eq!(
             parse_err(ParserLimits::default(), b"PUB foo 3\r\nabcd\r\n"),
             ProtocolError::UnknownOperation
@@ -854,7 +957,6 @@ mod tests {
             "HPUB foo r x 4\r\n",
             "SUB foo\r\n",
             "SUB a b c d\r\n",
-            "UNSUB 1 x\r\n",
             "UNSUB 1 2 3\r\n",
         ] {
             let err = parse_err(ParserLimits::default(), input.as_bytes());
@@ -910,7 +1012,7 @@ mod tests {
         let long = format!("SUB {subject}x 1\r\n");
         let e = parse_err(limits, long.as_bytes());
         assert!(matches!(e, ProtocolError::MaxControlLine { .. }), "{e:?}");
-        assert_eq!(e.server_message(), "Maximum Control Line Exceeded");
+        assert_eq!(e.server_message(), "maximum control line exceeded");
 
         // Refused without waiting for a line end that never comes.
         let mut p = parser();

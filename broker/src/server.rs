@@ -2,10 +2,12 @@
 //! returned to the embedding application.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
+use parking_lot::{Mutex, RwLock};
 use rand::Rng;
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -13,10 +15,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::connection::{self, Subscription};
+use crate::auth::Authorization;
+use crate::connection::{self, Outbound, Subscription};
 use crate::error::BrokerError;
+use crate::monitoring::Monitor;
 use crate::parser::{DEFAULT_MAX_CONTROL_LINE, DEFAULT_MAX_PAYLOAD, ParserLimits};
-use crate::sublist::Sublist;
+use crate::sublist::{Sublist, SublistError, SublistResult};
+use crate::tls::TlsConfig;
+
 
 /// The nats-server version we announce in INFO.
 ///
@@ -44,6 +50,20 @@ pub struct BrokerConfig {
     /// Bytes queued for one client after which it is dropped as a slow
     /// consumer (default 64 MiB).
     pub max_pending: usize,
+    /// Most client connections held at once; 0 means no limit (default
+    /// 64K, like nats-server).
+    pub max_connections: usize,
+    /// Who may connect and what they may do (default: anyone, anything).
+    pub authorization: Authorization,
+    /// Time a client has to send a valid CONNECT when authentication is
+    /// required (default 2 s).
+    pub auth_timeout: Duration,
+    /// TLS for client connections (default none). As in nats-server 2.9,
+    /// INFO is sent in clear with `tls_required`, then the client starts
+    /// the handshake.
+    pub tls: Option<TlsConfig>,
+    /// Time allowed for the TLS handshake (default 2 s).
+    pub tls_timeout: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -56,6 +76,11 @@ impl Default for BrokerConfig {
             max_pings_out: 2,
             write_deadline: Duration::from_secs(10),
             max_pending: 64 * 1024 * 1024,
+            max_connections: 64 * 1024,
+            authorization: Authorization::None,
+            auth_timeout: Duration::from_secs(2),
+            tls: None,
+            tls_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -79,7 +104,10 @@ impl BrokerConfig {
         if self.max_pending < self.max_payload {
             return bad("max_pending must be at least max_payload");
         }
-        Ok(())
+        if self.auth_timeout.is_zero() || self.tls_timeout.is_zero() {
+            return bad("auth_timeout and tls_timeout must be positive");
+        }
+        self.authorization.validate()
     }
 
     pub(crate) fn parser_limits(&self) -> ParserLimits {
@@ -90,7 +118,7 @@ impl BrokerConfig {
     }
 }
 
-/// The INFO message, with nats-server's field names.
+/// The INFO message, with nats-server's field names and order.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct ServerInfo<'a> {
     pub server_id: &'a str,
@@ -100,9 +128,25 @@ pub(crate) struct ServerInfo<'a> {
     pub host: &'a str,
     pub port: u16,
     pub headers: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub auth_required: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub tls_required: bool,
     pub max_payload: usize,
     pub client_id: u64,
     pub client_ip: String,
+}
+
+/// Server-wide counters, with nats-server's /varz meaning.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub in_msgs: AtomicU64,
+    pub out_msgs: AtomicU64,
+    pub in_bytes: AtomicU64,
+    pub out_bytes: AtomicU64,
+    pub connections: AtomicUsize,
+    pub total_connections: AtomicU64,
+    pub slow_consumers: AtomicU64,
 }
 
 /// State shared by every connection of one broker.
@@ -112,26 +156,55 @@ pub(crate) struct Shared {
     pub server_id: String,
     pub host: String,
     pub port: u16,
+    pub started: SystemTime,
     sublist: RwLock<Sublist<Subscription>>,
+    /// Bumped on every subscription change; connections cache lookups
+    /// made under the same generation.
+    generation: AtomicU64,
     next_client_id: AtomicU64,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
+    pub clients: Mutex<HashMap<u64, Arc<Outbound>>>,
+    pub stats: Stats,
 }
 
 impl Shared {
-    /// A panic while holding the lock cannot leave the trie half-updated in
-    /// a way that matters more than refusing all traffic, so poisoning is
-    /// ignored.
-    pub fn read_sublist(&self) -> RwLockReadGuard<'_, Sublist<Subscription>> {
-        self.sublist.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn write_sublist(&self) -> RwLockWriteGuard<'_, Sublist<Subscription>> {
-        self.sublist.write().unwrap_or_else(|e| e.into_inner())
-    }
-
     pub fn next_client_id(&self) -> u64 {
         self.next_client_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub fn insert_sub(
+        &self,
+        subject: &[u8],
+        queue: Option<&[u8]>,
+        sub: Arc<Subscription>,
+    ) -> Result<(), SublistError> {
+        let mut sl = self.sublist.write();
+        sl.insert(subject, queue, sub)?;
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    pub fn remove_sub(&self, subject: &[u8], queue: Option<&[u8]>, sub: &Arc<Subscription>) {
+        let mut sl = self.sublist.write();
+        if sl.remove(subject, queue, sub) {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// The matching subscriptions and the generation they belong to.
+    pub fn match_subject(&self, subject: &[u8]) -> (SublistResult<Subscription>, u64) {
+        let sl = self.sublist.read();
+        let generation = self.generation.load(Ordering::Acquire);
+        (sl.matches(subject), generation)
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.sublist.read().len()
     }
 }
 
@@ -170,10 +243,14 @@ impl Broker {
             host: local_addr.ip().to_string(),
             port: local_addr.port(),
             config,
+            started: SystemTime::now(),
             sublist: RwLock::new(Sublist::new()),
+            generation: AtomicU64::new(0),
             next_client_id: AtomicU64::new(0),
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
+            clients: Mutex::new(HashMap::new()),
+            stats: Stats::default(),
         });
         info!(
             server_id = %shared.server_id,
@@ -181,7 +258,14 @@ impl Broker {
             version = SERVER_VERSION,
             "Starting NATS-compatible broker"
         );
+        if shared.config.authorization.is_required() {
+            info!("Authentication required for client connections");
+        }
+        if shared.config.tls.is_some() {
+            info!("TLS required for client connections");
+        }
         info!("Listening for client connections on {local_addr}");
+        info!("Server is ready");
         tracker.spawn(accept_loop(listener, shared.clone()));
         Ok(BrokerHandle {
             local_addr,
@@ -204,7 +288,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 if let Err(e) = stream.set_nodelay(true) {
                     debug!(%peer, "cannot set TCP_NODELAY: {e}");
                 }
-                connection::spawn(stream, peer, shared.clone());
+                shared
+                    .tracker
+                    .spawn(connection::serve(stream, peer, shared.clone()));
             }
             Err(e) => {
                 // Typically out of file descriptors: back off instead of
@@ -253,7 +339,18 @@ impl BrokerHandle {
 
     /// Number of subscriptions currently held.
     pub fn subscription_count(&self) -> usize {
-        self.shared.read_sublist().len()
+        self.shared.subscription_count()
+    }
+
+    /// Number of client connections currently open.
+    pub fn connection_count(&self) -> usize {
+        self.shared.stats.connections.load(Ordering::Relaxed)
+    }
+
+    /// A view of the broker's counters and connections for monitoring
+    /// (see [`crate::monitoring::serve`]).
+    pub fn monitor(&self) -> Monitor {
+        Monitor::new(self.shared.clone())
     }
 
     /// Cancels the shutdown token given to [`Broker::start`].
@@ -267,6 +364,6 @@ impl BrokerHandle {
         self.shutdown.cancelled().await;
         self.tracker.close();
         self.tracker.wait().await;
-        info!(server_id = %self.shared.server_id, "Server Exiting..");
+        info!("Server Exiting..");
     }
 }

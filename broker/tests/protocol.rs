@@ -197,7 +197,7 @@ async fn max_payload_closes_before_body() {
     assert_eq!(c.line().await, "-ERR 'Maximum Payload Violation'");
     c.expect_closed().await;
 
-    let mut c = Raw::connect(&broker, "CONNECT {\"verbose\":false}\r\n").await;
+    let mut c = Raw::connect(&broker, "CONNECT {\"verbose\":false,\"headers\":true}\r\n").await;
     c.send("HPUB foo 10 101\r\n").await;
     assert_eq!(c.line().await, "-ERR 'Maximum Payload Violation'");
     c.expect_closed().await;
@@ -208,7 +208,7 @@ async fn max_control_line_closes() {
     let (broker, _shutdown) = start().await;
     let mut c = Raw::connect(&broker, "CONNECT {\"verbose\":false}\r\n").await;
     c.send(&format!("SUB {} 1", "a".repeat(5000))).await;
-    assert_eq!(c.line().await, "-ERR 'Maximum Control Line Exceeded'");
+    assert_eq!(c.line().await, "-ERR 'maximum control line exceeded'");
     c.expect_closed().await;
 }
 
@@ -218,12 +218,12 @@ async fn malformed_arguments_close() {
     for bad in [
         "PUB foo\r\n",
         "SUB foo\r\n",
-        "UNSUB 1 x\r\n",
+        "UNSUB 1 2 3\r\n",
         "CONNECT {\r\n",
     ] {
+        // nats-server 2.9 closes these without a -ERR.
         let mut c = Raw::connect(&broker, "").await;
         c.send(bad).await;
-        assert_eq!(c.line().await, "-ERR 'Parser Error'", "{bad:?}");
         c.expect_closed().await;
     }
 }
@@ -238,8 +238,8 @@ async fn invalid_subjects_keep_connection() {
     assert_eq!(c.line().await, "-ERR 'Invalid Subject'");
     c.send("PUB foo.* 1\r\nx\r\n").await;
     assert_eq!(c.line().await, "-ERR 'Invalid Publish Subject'");
+    // Reply subjects are not checked (nats-server 2.9).
     c.send("PUB foo bad.> 1\r\nx\r\n").await;
-    assert_eq!(c.line().await, "-ERR 'Invalid Publish Subject'");
     c.ping().await;
     assert_eq!(broker.subscription_count(), 0);
 }
@@ -299,16 +299,15 @@ async fn no_responders_frame() {
     assert_eq!(server.line().await, "MSG svc 1 _INBOX.abc.2 0");
     c.ping().await;
 
-    // Without no_responders (or without headers) nothing comes back.
-    for connect in [
-        "CONNECT {\"verbose\":false,\"headers\":true}\r\n",
-        "CONNECT {\"verbose\":false,\"no_responders\":true}\r\n",
-    ] {
-        let mut c = Raw::connect(&broker, connect).await;
-        c.send("SUB _INBOX.q.* 1\r\nPUB nobody _INBOX.q.1 0\r\n\r\n")
-            .await;
-        c.ping().await;
-    }
+    // Without no_responders nothing comes back.
+    let mut c = Raw::connect(&broker, "CONNECT {\"verbose\":false,\"headers\":true}\r\n").await;
+    c.send("SUB _INBOX.q.* 1\r\nPUB nobody _INBOX.q.1 0\r\n\r\n")
+        .await;
+    c.ping().await;
+    // no_responders without headers is refused at CONNECT.
+    let mut c = Raw::connect(&broker, "CONNECT {\"verbose\":false,\"no_responders\":true}\r\n").await;
+    assert_eq!(c.line().await, "-ERR 'no responders requires headers support'");
+    c.expect_closed().await;
 
     // Own subscription with echo off is no responder either.
     let mut c = Raw::connect(

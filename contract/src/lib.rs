@@ -11,10 +11,12 @@
 
 pub mod messages;
 pub mod names;
+pub mod operations;
 pub mod seal;
 pub mod subjects;
 
 pub use messages::*;
+pub use operations::*;
 pub use names::{BranchName, NameError, SandboxName, ServiceName};
 pub use seal::{AgentKeys, Credentials, SealError, Sealed};
 

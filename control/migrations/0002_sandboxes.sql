@@ -82,7 +82,9 @@ CREATE TABLE audit_log (
     repository  TEXT,
     branch      TEXT,
     environment TEXT,
-    deployment  TEXT
+    deployment  TEXT,
+    -- What else the action named: a template, a route mode, a clone's source.
+    detail      TEXT
 );
 
 CREATE INDEX audit_by_at ON audit_log (at);

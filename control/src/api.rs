@@ -7,14 +7,16 @@ use axum::extract::{DefaultBodyLimit, FromRequest, Request};
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router, middleware};
 use serde::de::DeserializeOwned;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
-use crate::{ControlPlane, deployments, nodes, sessions};
+use crate::{
+    ControlPlane, audit, deployments, environments, nodes, openapi, routes, sandboxes, sessions,
+};
 
 pub fn router(cp: ControlPlane) -> Router {
     let max = cp.config().max_body_bytes;
@@ -25,13 +27,56 @@ pub fn router(cp: ControlPlane) -> Router {
                 .get(sessions::current)
                 .delete(sessions::delete),
         )
+        .route("/openapi.json", get(openapi::serve))
         .route("/nodes", get(nodes::list))
+        .route(
+            "/environments",
+            get(environments::list).post(environments::create),
+        )
+        .route(
+            "/environments/{name}",
+            get(environments::get)
+                .put(environments::update)
+                .delete(environments::delete),
+        )
+        .route(
+            "/templates",
+            get(sandboxes::list_templates).post(sandboxes::create_template),
+        )
+        .route(
+            "/templates/{name}",
+            get(sandboxes::get_template)
+                .put(sandboxes::update_template)
+                .delete(sandboxes::delete_template),
+        )
+        .route(
+            "/templates/{name}/sandboxes",
+            post(sandboxes::sandbox_from_template),
+        )
+        .route("/sandboxes", get(sandboxes::list).post(sandboxes::create))
+        .route(
+            "/sandboxes/{name}",
+            get(sandboxes::get)
+                .put(sandboxes::update)
+                .delete(sandboxes::delete),
+        )
+        .route("/sandboxes/{name}/clone", post(sandboxes::clone))
+        .route("/sandboxes/{name}/deploy", post(sandboxes::deploy))
+        .route("/sandboxes/{name}/environment", get(sandboxes::environment))
+        .route("/sandboxes/{name}/routes", get(routes::get))
+        .route("/sandboxes/{name}/routes/{service}", put(routes::put))
         .route(
             "/deployments",
             get(deployments::list).post(deployments::create),
         )
-        .route("/deployments/{id}", get(deployments::get))
+        .route(
+            "/deployments/{id}",
+            get(deployments::get).delete(deployments::delete),
+        )
         .route("/deployments/{id}/logs", get(deployments::logs))
+        .route("/deployments/{id}/restart", post(deployments::restart))
+        .route("/deployments/{id}/stop", post(deployments::stop))
+        .route("/audit", get(audit::list))
         .fallback(|| async { ApiError::not_found("no such API endpoint") })
         .with_state(cp)
         .layer(DefaultBodyLimit::max(max))

@@ -2,23 +2,90 @@
 //! `sdp.deploy.*.*`, processed in order by one task, so a deployment's events
 //! and log lines are applied in the order the agent sent them.
 //!
+//! Core NATS delivers at most once, so a message can go missing. Events and
+//! log lines share one sequence counter per deployment: a message that skips
+//! a number is not applied, and the agent is asked to `replay` from the first
+//! missing one, which resends the skipped message too, in order. Only when the
+//! agent cannot replay is the gap accepted (and marked in the log).
+//!
 //! Nothing an agent (or anyone on the bus) sends can stop this task: unknown
 //! deployments and undecodable messages are skipped with a debug log.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use futures::StreamExt;
-use sdp_contract::subjects::{DeployStream, parse_deploy};
-use sdp_contract::{DeployEvent, LogLine};
+use sdp_contract::subjects::{AgentOp, DeployStream, parse_deploy};
+use sdp_contract::{Ack, DeployEvent, EventKind, LogLine, ReplayRequest};
 use tokio_util::sync::CancellationToken;
 
-use crate::logs::LogFiles;
-use crate::storage::{SeqOutcome, Store};
+use crate::ControlPlane;
+use crate::storage::SeqOutcome;
 
-pub async fn run(
-    mut sub: async_nats::Subscriber,
-    store: Store,
-    logs: LogFiles,
-    shutdown: CancellationToken,
-) {
+/// How long a replay request is given before the same gap is asked for again.
+const REPLAY_RETRY: Duration = Duration::from_secs(2);
+
+/// Replays asked for, per deployment.
+#[derive(Default)]
+pub struct GapTracker {
+    map: Mutex<HashMap<String, GapState>>,
+}
+
+struct GapState {
+    from: u64,
+    asked: Instant,
+    /// The agent said it cannot replay: later messages apply despite gaps.
+    unrecoverable: bool,
+}
+
+impl GapTracker {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, GapState>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether to ask for a replay from `from` now: not while the same replay
+    /// is recent, so a burst of messages after one gap asks once.
+    fn should_ask(&self, id: &str, from: u64) -> bool {
+        let mut map = self.lock();
+        match map.get_mut(id) {
+            Some(g) if g.unrecoverable => false,
+            Some(g) if g.from == from && g.asked.elapsed() < REPLAY_RETRY => false,
+            Some(g) => {
+                g.from = from;
+                g.asked = Instant::now();
+                true
+            }
+            None => {
+                map.insert(
+                    id.to_owned(),
+                    GapState {
+                        from,
+                        asked: Instant::now(),
+                        unrecoverable: false,
+                    },
+                );
+                true
+            }
+        }
+    }
+
+    fn unrecoverable(&self, id: &str) -> bool {
+        self.lock().get(id).is_some_and(|g| g.unrecoverable)
+    }
+
+    fn give_up(&self, id: &str) {
+        if let Some(g) = self.lock().get_mut(id) {
+            g.unrecoverable = true;
+        }
+    }
+
+    fn clear(&self, id: &str) {
+        self.lock().remove(id);
+    }
+}
+
+pub async fn run(mut sub: async_nats::Subscriber, cp: ControlPlane, shutdown: CancellationToken) {
     loop {
         let msg = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -27,15 +94,17 @@ pub async fn run(
                 None => return,
             },
         };
-        handle(&store, &logs, &msg.subject, &msg.payload).await;
+        handle(&cp, &msg.subject, &msg.payload).await;
     }
 }
 
-pub(crate) async fn handle(store: &Store, logs: &LogFiles, subject: &str, payload: &[u8]) {
+pub(crate) async fn handle(cp: &ControlPlane, subject: &str, payload: &[u8]) {
+    let store = cp.store();
     let Some((id, stream)) = parse_deploy(subject) else {
         tracing::debug!(subject, "ignoring a message on an unexpected subject");
         return;
     };
+    let accept_gap = cp.inner.gaps.unrecoverable(id);
     match stream {
         DeployStream::Event => {
             let ev: DeployEvent = match sdp_contract::decode(payload) {
@@ -47,8 +116,18 @@ pub(crate) async fn handle(store: &Store, logs: &LogFiles, subject: &str, payloa
             if ev.deployment != id {
                 return tracing::debug!(subject, "ignoring an event for another deployment");
             }
-            match store.apply_event(&ev).await {
-                Ok(outcome) => note(id, ev.seq, outcome),
+            match store.apply_event(&ev, accept_gap).await {
+                Ok(outcome) => {
+                    note(cp, id, ev.seq, outcome).await;
+                    if matches!(outcome, SeqOutcome::Applied { .. })
+                        && let EventKind::State { state, .. } = &ev.kind
+                        && state.is_final()
+                    {
+                        cp.inner.builds.finished(id);
+                        cp.inner.gaps.clear(id);
+                        cp.forget_mask(id);
+                    }
+                }
                 Err(e) => {
                     tracing::error!(deployment = id, seq = ev.seq, error = %e, "could not store an event")
                 }
@@ -64,23 +143,27 @@ pub(crate) async fn handle(store: &Store, logs: &LogFiles, subject: &str, payloa
             if line.deployment != id {
                 return tracing::debug!(subject, "ignoring a log line for another deployment");
             }
-            let outcome = match store.advance_seq(id, line.seq).await {
+            let outcome = match store.advance_seq(id, line.seq, accept_gap).await {
                 Ok(outcome) => outcome,
                 Err(e) => {
                     return tracing::error!(deployment = id, seq = line.seq, error = %e, "could not store a log line's sequence number");
                 }
             };
-            note(id, line.seq, outcome);
-            if matches!(outcome, SeqOutcome::Applied { .. })
-                && let Err(e) = logs.append(id, &line.stage, &line.line).await
-            {
-                tracing::error!(deployment = id, seq = line.seq, error = %e, "could not append to the deployment log");
+            note(cp, id, line.seq, outcome).await;
+            if matches!(outcome, SeqOutcome::Applied { .. }) {
+                // The agent masks secrets too; this is the second line of
+                // defence, for what reaches the disk here.
+                let masks = cp.mask_for(id).await;
+                let text = crate::secrets::mask(&line.line, &masks);
+                if let Err(e) = cp.inner.logs.append(id, &line.stage, &text).await {
+                    tracing::error!(deployment = id, seq = line.seq, error = %e, "could not append to the deployment log");
+                }
             }
         }
     }
 }
 
-fn note(id: &str, seq: u64, outcome: SeqOutcome) {
+async fn note(cp: &ControlPlane, id: &str, seq: u64, outcome: SeqOutcome) {
     match outcome {
         SeqOutcome::Unknown => {
             tracing::debug!(
@@ -97,106 +180,87 @@ fn note(id: &str, seq: u64, outcome: SeqOutcome) {
                 "ignoring a message already applied"
             );
         }
+        SeqOutcome::Gap { last } => {
+            let from = last + 1;
+            if cp.inner.gaps.should_ask(id, from) {
+                tracing::info!(
+                    deployment = id,
+                    missing_from = from,
+                    seen = seq,
+                    "messages of this deployment were lost on the bus; asking the agent to replay"
+                );
+                tokio::spawn(ask_replay(cp.clone(), id.to_owned(), from));
+            }
+        }
         SeqOutcome::Applied { previous } if seq > previous + 1 => {
-            // Replaying the gap from the agent's spool comes with the replay op.
             tracing::warn!(
                 deployment = id,
                 missing_from = previous + 1,
                 missing_to = seq - 1,
-                "messages of this deployment were lost on the bus"
+                "messages of this deployment were lost and the agent could not replay them"
             );
+            let text = format!(
+                "messages {} to {} of this deployment were lost on the bus and could not be replayed",
+                previous + 1,
+                seq - 1
+            );
+            if let Err(e) = cp.inner.logs.append(id, "control", &text).await {
+                tracing::error!(deployment = id, error = %e, "could not append to the deployment log");
+            }
         }
         SeqOutcome::Applied { .. } => {}
+    }
+}
+
+/// Asks the deployment's agent to resend from `from`; the resent messages
+/// arrive on the usual subjects and go through [`handle`].
+pub(crate) async fn ask_replay(cp: ControlPlane, id: String, from: u64) {
+    let node = match cp.store().deployment(&id).await {
+        Ok(Some(d)) => d.node,
+        Ok(None) => return,
+        Err(e) => {
+            return tracing::error!(deployment = %id, error = %e, "could not read a deployment");
+        }
+    };
+    let req = ReplayRequest {
+        deployment: id.clone(),
+        from_seq: from,
+    };
+    let timeout = cp.inner.config.request_timeout;
+    match cp
+        .inner
+        .bus
+        .request::<_, Ack>(&node, AgentOp::Replay, &req, timeout)
+        .await
+    {
+        Ok(Ack { accepted: true }) => {}
+        Ok(Ack { accepted: false }) | Err(crate::bus::BusError::Agent(_)) => {
+            tracing::warn!(deployment = %id, node = %node, "the agent cannot replay; accepting the gap");
+            cp.inner.gaps.give_up(&id);
+        }
+        Err(e) => {
+            // Not connected or not answering: the next message after the gap
+            // asks again, and a restart reconciles.
+            tracing::warn!(deployment = %id, node = %node, error = %e, "replay request failed");
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Deployment, StageStatus};
-    use chrono::Utc;
-    use sdp_contract::{DeploymentState, EventKind, LogStream, encode};
 
-    async fn setup() -> (tempfile::TempDir, Store, LogFiles) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("sdp.db")).await.unwrap();
-        let logs = LogFiles::create(dir.path()).await.unwrap();
-        let d = Deployment {
-            id: "d-1".into(),
-            sandbox: "qa".into(),
-            repository: "eredar".into(),
-            branch: "main".into(),
-            node: "micro".into(),
-            user: "achmad".into(),
-            state: DeploymentState::Queued,
-            port: 9001,
-            commit: None,
-            container: None,
-            failed_stage: None,
-            reason: None,
-            stages: vec![],
-            created_at: Utc::now(),
-            started_at: None,
-            completed_at: None,
-        };
-        store.insert_deployment(&d).await.unwrap();
-        (dir, store, logs)
-    }
-
-    fn log(id: &str, seq: u64, line: &str) -> Vec<u8> {
-        encode(&LogLine {
-            deployment: id.into(),
-            seq,
-            at: Utc::now(),
-            stage: "git fetch".into(),
-            stream: LogStream::Stdout,
-            line: line.into(),
-        })
-    }
-
-    #[tokio::test]
-    async fn events_and_lines_are_applied_once_each() {
-        let (_dir, store, logs) = setup().await;
-        let started = encode(&DeployEvent {
-            deployment: "d-1".into(),
-            seq: 1,
-            at: Utc::now(),
-            kind: EventKind::StageStarted {
-                stage: "git fetch".into(),
-            },
-        });
-        handle(&store, &logs, "sdp.deploy.d-1.event", &started).await;
-        handle(
-            &store,
-            &logs,
-            "sdp.deploy.d-1.log",
-            &log("d-1", 2, "From origin"),
-        )
-        .await;
-        handle(
-            &store,
-            &logs,
-            "sdp.deploy.d-1.log",
-            &log("d-1", 2, "From origin"),
-        )
-        .await;
-        let d = store.deployment("d-1").await.unwrap().unwrap();
-        assert_eq!(d.stages[0].status, StageStatus::Running);
-        assert_eq!(logs.read("d-1").await.unwrap(), "[git fetch] From origin\n");
-    }
-
-    #[tokio::test]
-    async fn garbage_strangers_and_mismatches_are_skipped() {
-        let (dir, store, logs) = setup().await;
-        handle(&store, &logs, "sdp.deploy.d-1.log", b"\xff not json").await;
-        handle(&store, &logs, "sdp.deploy.d-1.event", b"{\"v\":1}").await;
-        handle(&store, &logs, "sdp.deploy.ghost.log", &log("ghost", 1, "x")).await;
-        handle(&store, &logs, "sdp.deploy.d-1.log", &log("ghost", 1, "x")).await;
-        handle(&store, &logs, "sdp.deploy.x/..log", &log("x/.", 1, "x")).await;
-        assert_eq!(logs.read("d-1").await.unwrap(), "");
-        let files: Vec<_> = std::fs::read_dir(dir.path().join("logs"))
-            .unwrap()
-            .collect();
-        assert!(files.is_empty(), "{files:?}");
+    #[test]
+    fn a_gap_is_asked_for_once_until_the_retry_interval_or_a_new_gap() {
+        let g = GapTracker::default();
+        assert!(g.should_ask("d", 3));
+        assert!(!g.should_ask("d", 3));
+        assert!(g.should_ask("d", 5));
+        assert!(!g.unrecoverable("d"));
+        g.give_up("d");
+        assert!(g.unrecoverable("d"));
+        assert!(!g.should_ask("d", 7));
+        g.clear("d");
+        assert!(!g.unrecoverable("d"));
     }
 }

@@ -13,23 +13,38 @@
 //! | [`bus`] | request-reply to agents, sealing secrets to their keys |
 //! | [`nodes`] | the registry of agents, fed by their presence messages |
 //! | [`sessions`] | login through the gateway agent, cookies, session lookup |
-//! | [`deployments`] | validation, dispatch to the micro agent, read endpoints |
-//! | [`ports`] | microservice port allocation rules |
+//! | [`deployments`] | validation, the per-node build queue, dispatch, stop/restart/delete |
+//! | [`environments`] | environments, secrets at rest, the layered view per sandbox |
+//! | [`sandboxes`] | templates and sandboxes, their ports, deploying a sandbox |
+//! | [`routes`] | per-sandbox route overrides, pushed to the gateway agent |
+//! | [`audit`] | the audit trail: stored, queryable, published on `sdp.audit.*` |
+//! | [`reconcile`] | settling queued deployments after a restart |
+//! | [`openapi`] | the machine-readable description of the API |
 //! | [`model`] | deployments and stages as the API shows them |
-//! | [`ingest`] | applying agents' events and log lines, in order |
-//! | [`storage`] | every SQL statement |
+//! | [`ingest`] | applying agents' events and log lines, in order, filling gaps |
+//! | [`storage`] | every SQL statement, behind the [`storage::Storage`] trait |
+//! | [`secrets`] | encryption of secrets at rest, masking in logs |
 //! | [`logs`] | per-deployment log files |
 //! | [`error`] | [`ApiError`] (HTTP) and [`ControlError`] (library) |
 
+// The OpenAPI document is one large `json!` literal.
+#![recursion_limit = "512"]
+
 pub mod api;
+pub mod audit;
 pub mod bus;
 pub mod deployments;
+pub mod environments;
 pub mod error;
 pub mod ingest;
 pub mod logs;
 pub mod model;
 pub mod nodes;
-pub mod ports;
+pub mod openapi;
+pub mod reconcile;
+pub mod routes;
+pub mod sandboxes;
+pub mod secrets;
 pub mod sessions;
 pub mod storage;
 
@@ -48,7 +63,10 @@ use crate::bus::Bus;
 use crate::logs::LogFiles;
 use crate::nodes::NodeRegistry;
 use crate::sessions::Sessions;
-use crate::storage::Store;
+use crate::deployments::BuildQueue;
+use crate::ingest::GapTracker;
+use crate::secrets::SecretKey;
+use crate::storage::{PortRanges, SqliteStore, Storage};
 
 /// Settings of the control plane. [`ControlConfig::new`] gives the defaults.
 #[derive(Debug, Clone)]
@@ -62,6 +80,14 @@ pub struct ControlConfig {
     pub session_ttl: Duration,
     /// Inclusive range microservice ports are allocated from.
     pub micro_ports: (u16, u16),
+    /// Inclusive range sandbox gateway ports are allocated from.
+    pub gateway_ports: (u16, u16),
+    /// The API gateway repository, as configured on the gateway agent.
+    pub gateway_repository: String,
+    /// Builds one node runs at once; more wait in a queue, in order.
+    pub builds_per_node: usize,
+    /// A build that reports no final state within this long frees its slot.
+    pub build_timeout: Duration,
     /// How long a bus request may take before the agent counts as not answering.
     pub request_timeout: Duration,
     /// Login runs a real `git ls-remote`, which may take longer than other requests.
@@ -79,6 +105,10 @@ impl ControlConfig {
             gateway_node: "gateway".into(),
             session_ttl: Duration::from_secs(12 * 60 * 60),
             micro_ports: (9001, 9999),
+            gateway_ports: (8080, 8999),
+            gateway_repository: "erangel".into(),
+            builds_per_node: 2,
+            build_timeout: Duration::from_secs(30 * 60),
             request_timeout: Duration::from_secs(10),
             auth_timeout: Duration::from_secs(60),
             max_body_bytes: 1024 * 1024,
@@ -95,14 +125,18 @@ pub struct ControlPlane {
 
 struct Inner {
     config: ControlConfig,
-    store: Store,
+    store: Arc<dyn Storage>,
     bus: Bus,
+    nats: async_nats::Client,
     nodes: NodeRegistry,
     sessions: Sessions,
     logs: LogFiles,
-    /// Port allocation reads the ports in use and then inserts; two requests
-    /// must not both see the same port free.
-    allocation: tokio::sync::Mutex<()>,
+    secret_key: SecretKey,
+    builds: BuildQueue,
+    gaps: GapTracker,
+    /// Secret values to mask in each deployment's log, by deployment id.
+    masks: std::sync::Mutex<std::collections::HashMap<String, Arc<Vec<String>>>>,
+    shutdown: CancellationToken,
 }
 
 impl ControlPlane {
@@ -114,7 +148,9 @@ impl ControlPlane {
         shutdown: CancellationToken,
     ) -> Result<ControlPlane, ControlError> {
         let logs = LogFiles::create(&config.data_dir).await?;
-        let store = Store::open(&config.data_dir.join("sdp.db")).await?;
+        let store: Arc<dyn Storage> =
+            Arc::new(SqliteStore::open(&config.data_dir.join("sdp.db")).await?);
+        let secret_key = SecretKey::load_or_create(&config.data_dir.join("secrets.key"))?;
         let nodes = NodeRegistry::default();
 
         // Subscribe before returning, so no presence or event published after
@@ -126,28 +162,43 @@ impl ControlPlane {
             .map_err(ControlError::Bus)?;
 
         tokio::spawn(nodes::listen(presence, nodes.clone(), shutdown.clone()));
-        tokio::spawn(ingest::run(
-            events,
-            store.clone(),
-            logs.clone(),
-            shutdown.clone(),
-        ));
-
         let sessions = Sessions::new(config.session_ttl);
-        tokio::spawn(sessions.clone().sweep_until(shutdown));
+        tokio::spawn(sessions.clone().sweep_until(shutdown.clone()));
 
-        let bus = Bus::new(nats, nodes.clone(), config.request_timeout);
-        Ok(ControlPlane {
+        let bus = Bus::new(nats.clone(), nodes.clone(), config.request_timeout);
+        let builds = BuildQueue::new(config.builds_per_node, config.build_timeout);
+        let cp = ControlPlane {
             inner: Arc::new(Inner {
                 config,
                 store,
                 bus,
+                nats,
                 nodes,
                 sessions,
                 logs,
-                allocation: tokio::sync::Mutex::new(()),
+                secret_key,
+                builds,
+                gaps: GapTracker::default(),
+                masks: std::sync::Mutex::default(),
+                shutdown: shutdown.clone(),
             }),
-        })
+        };
+        tokio::spawn(ingest::run(events, cp.clone(), shutdown.clone()));
+        // Settles deployments a previous run left queued; runs alongside,
+        // as agents may take a moment to answer.
+        tokio::spawn(reconcile::run(cp.clone()));
+        Ok(cp)
+    }
+
+    pub fn port_ranges(&self) -> PortRanges {
+        PortRanges {
+            gateway: self.inner.config.gateway_ports,
+            micro: self.inner.config.micro_ports,
+        }
+    }
+
+    pub fn store(&self) -> &dyn Storage {
+        self.inner.store.as_ref()
     }
 
     pub fn config(&self) -> &ControlConfig {

@@ -52,6 +52,14 @@ impl LogFiles {
         file.flush().await
     }
 
+    /// Deletes the log of a deleted deployment.
+    pub async fn remove(&self, id: &str) -> std::io::Result<()> {
+        match tokio::fs::remove_file(self.path(id)?).await {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+
     /// The whole log so far; empty when nothing was logged yet.
     pub async fn read(&self, id: &str) -> std::io::Result<String> {
         match tokio::fs::read(self.path(id)?).await {

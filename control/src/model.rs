@@ -22,6 +22,8 @@ pub struct Deployment {
     pub container: Option<String>,
     pub failed_stage: Option<String>,
     pub reason: Option<String>,
+    /// Environment whose variables, secrets and files the deployment got.
+    pub environment: Option<String>,
     /// In pipeline order, pending stages included.
     pub stages: Vec<Stage>,
     pub created_at: DateTime<Utc>,

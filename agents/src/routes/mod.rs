@@ -5,6 +5,7 @@
 
 pub mod defaults;
 pub mod file;
+pub mod lint;
 pub mod patcher;
 mod php;
 

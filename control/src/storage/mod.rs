@@ -247,6 +247,8 @@ pub struct AuditRecord {
     pub branch: Option<String>,
     pub environment: Option<String>,
     pub deployment: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -287,8 +289,12 @@ pub trait Storage: Send + Sync + 'static {
         at: DateTime<Utc>,
     ) -> StoreResult<bool>;
     async fn delete_deployment(&self, id: &str) -> StoreResult<bool>;
-    async fn advance_seq(&self, id: &str, seq: u64) -> StoreResult<SeqOutcome>;
-    async fn apply_event(&self, ev: &DeployEvent) -> StoreResult<SeqOutcome>;
+    /// Records that message `seq` of deployment `id` (a log line) is taken.
+    /// A gap is refused unless `accept_gap` (the agent cannot replay it).
+    async fn advance_seq(&self, id: &str, seq: u64, accept_gap: bool) -> StoreResult<SeqOutcome>;
+    /// Applies one agent event: stage and deployment changes and the sequence
+    /// number, in one transaction.
+    async fn apply_event(&self, ev: &DeployEvent, accept_gap: bool) -> StoreResult<SeqOutcome>;
     async fn last_seq(&self, id: &str) -> StoreResult<Option<u64>>;
 
     // ------------------------------------------------------------ environments

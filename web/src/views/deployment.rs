@@ -1,18 +1,30 @@
+//! One deployment: its stages (✓ with timings, ✗ in red with the failing
+//! stage's log), the live log, restart/stop/delete. The same functions render
+//! the page and the fragments the live stream pushes, so both always agree.
+
 use maud::{Markup, html};
 use sdp_contract::DeploymentState;
 use sdp_control::{Deployment, StageStatus};
 
-use super::layout::page;
-use super::{state_class, time};
+use super::layout::{csrf_field, page};
+use super::{Viewer, duration, state_class, time};
 
+/// Lines of a failed stage shown under it.
+pub const FAILED_STAGE_LINES: usize = 40;
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct StageRow {
     pub name: String,
     pub status: StageStatus,
     pub reason: Option<String>,
+    pub took: Option<String>,
+    /// The end of this stage's log, when it failed.
+    pub log: Vec<String>,
 }
 
-pub struct DeploymentPage {
-    pub user: String,
+/// Everything above the log: replaced whole when the deployment changes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Head {
     pub id: String,
     pub sandbox: String,
     pub repository: String,
@@ -25,13 +37,15 @@ pub struct DeploymentPage {
     pub started: String,
     pub completed: String,
     pub stages: Vec<StageRow>,
-    pub log: String,
+    /// CSRF token for the action buttons.
+    pub csrf: String,
 }
 
-impl DeploymentPage {
-    pub fn new(user: String, d: &Deployment, log: String) -> Self {
-        DeploymentPage {
-            user,
+impl Head {
+    /// `log` is (the end of) the deployment's log, to pick the failed
+    /// stage's lines from.
+    pub fn new(d: &Deployment, log: &str, csrf: String) -> Self {
+        Head {
             id: d.id.clone(),
             sandbox: d.sandbox.clone(),
             repository: d.repository.clone(),
@@ -50,11 +64,42 @@ impl DeploymentPage {
                     name: s.name.clone(),
                     status: s.status,
                     reason: s.reason.clone(),
+                    took: duration(s.started_at, s.completed_at),
+                    log: if s.status == StageStatus::Failed {
+                        stage_lines(log, &s.name, FAILED_STAGE_LINES)
+                    } else {
+                        Vec::new()
+                    },
                 })
                 .collect(),
-            log,
+            csrf,
         }
     }
+}
+
+/// The last `n` lines the log file holds for `stage` (`[stage] text`).
+pub fn stage_lines(log: &str, stage: &str, n: usize) -> Vec<String> {
+    let prefix = format!("[{stage}] ");
+    let mut lines: Vec<String> = log
+        .lines()
+        .rev()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .take(n)
+        .map(str::to_owned)
+        .collect();
+    lines.reverse();
+    lines
+}
+
+#[derive(Debug, Clone)]
+pub struct DeploymentPage {
+    pub viewer: Viewer,
+    pub head: Head,
+    /// The log from byte `log_from` to `log_end`: the whole log when
+    /// `log_from` is 0, else its end (the rest is a link away).
+    pub log: String,
+    pub log_from: u64,
+    pub log_end: u64,
 }
 
 /// The mark before a stage: ✓ done, ✗ failed.
@@ -67,111 +112,228 @@ pub fn mark(status: StageStatus) -> &'static str {
     }
 }
 
+/// The live stream's address; it continues the log at `from`.
+pub fn live_url(id: &str, from: u64) -> String {
+    format!("/ws/live/deployments/{id}?from={from}")
+}
+
 pub fn render(p: &DeploymentPage) -> Markup {
-    // Until the live stream comes, a queued deployment reloads itself.
-    let refresh = (p.state == DeploymentState::Queued).then_some(2);
-    let title = format!("{} · {}", p.repository, p.sandbox);
+    let h = &p.head;
+    let title = format!("{} · {}", h.repository, h.sandbox);
     page(
         &title,
-        Some(&p.user),
-        refresh,
+        Some(&p.viewer),
         html! {
+            (head(h, false))
+            section.card {
+                h2 { "Log" }
+                @if p.log_from > 0 {
+                    p.note {
+                        "Earlier lines are left out here: "
+                        a href={ "/api/v1/deployments/" (h.id) "/logs" } { "the whole log" }
+                    }
+                }
+                div #log-box .logbox {
+                    pre #log { (p.log) span #log-live {} }
+                }
+                div #live hx-ext="ws" ws-connect=(live_url(&h.id, p.log_end)) {}
+            }
+        },
+    )
+}
+
+/// State, details, stages and actions; `oob` marks it for an out-of-band
+/// swap when pushed over the live stream.
+pub fn head(h: &Head, oob: bool) -> Markup {
+    html! {
+        div #deployment-head hx-swap-oob=[oob.then_some("true")] data-state=(h.state.as_str()) {
             h1 {
-                (p.repository) " in " (p.sandbox) " "
-                span class=(state_class(p.state)) { (p.state.as_str()) }
+                (h.repository) " in " (h.sandbox) " "
+                span #state class=(state_class(h.state)) { (h.state.as_str()) }
             }
             section.card {
                 dl {
-                    dt { "Branch" } dd { code { (p.branch) } }
-                    dt { "Commit" } dd { code { (p.commit.as_deref().unwrap_or("—")) } }
-                    dt { "Port" } dd { (p.port) }
-                    dt { "By" } dd { (p.by) }
-                    dt { "Started" } dd { (p.started) }
-                    dt { "Completed" } dd { (p.completed) }
-                    dt { "Deployment" } dd { code { (p.id) } }
-                    @if let Some(reason) = &p.reason {
+                    dt { "Branch" } dd { code { (h.branch) } }
+                    dt { "Commit" } dd { code { (h.commit.as_deref().unwrap_or("—")) } }
+                    dt { "Port" } dd { (h.port) }
+                    dt { "By" } dd { (h.by) }
+                    dt { "Started" } dd { (h.started) }
+                    dt { "Completed" } dd { (h.completed) }
+                    dt { "Deployment" } dd { code { (h.id) } }
+                    @if let Some(reason) = &h.reason {
                         dt { "Reason" } dd.error { (reason) }
+                    }
+                }
+                div.actions {
+                    @for (action, label) in [("restart", "Restart"), ("stop", "Stop"), ("delete", "Delete")] {
+                        form method="post" action={ "/deployments/" (h.id) "/" (action) } {
+                            input type="hidden" name=(crate::security::CSRF_FIELD) value=(h.csrf);
+                            button type="submit" class={ "btn btn-" (action) } { (label) }
+                        }
                     }
                 }
             }
             section.card {
                 h2 { "Stages" }
-                ol.stages {
-                    @for s in &p.stages {
-                        li class={ "stage-" (s.status.as_str()) } {
+                ol #stages .stages {
+                    @for s in &h.stages {
+                        li class={ "stage stage-" (s.status.as_str()) } data-stage=(s.name) {
                             span.mark aria-label=(s.status.as_str()) { (mark(s.status)) }
-                            (s.name)
+                            span.name { (s.name) }
+                            @if let Some(took) = &s.took {
+                                " " span.took { (took) }
+                            }
                             @if let Some(reason) = &s.reason {
                                 " — " span.reason { (reason) }
+                            }
+                            @if !s.log.is_empty() {
+                                pre.stage-log {
+                                    @for line in &s.log { (line) "\n" }
+                                }
                             }
                         }
                     }
                 }
             }
-            section {
-                h2 { "Log" }
-                pre.log { (p.log) }
-            }
-        },
-    )
+        }
+    }
+}
+
+/// First frame of a (re)connected stream: the log from where the page's
+/// copy ends up to now, replacing whatever a previous connection appended.
+pub fn log_reset(text: &str) -> Markup {
+    html! { span #log-live hx-swap-oob="true" { (text) } }
+}
+
+/// Every later frame: only what is new.
+pub fn log_append(text: &str) -> Markup {
+    html! { span hx-swap-oob="beforeend:#log-live" { (text) } }
+}
+
+/// A form button for the viewer's session, for views outside this module.
+pub fn action_form(v: &Viewer, action: &str, label: &str) -> Markup {
+    html! {
+        form method="post" action=(action) {
+            (csrf_field(v))
+            button type="submit" { (label) }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn stage(name: &str, status: StageStatus, reason: Option<&str>) -> StageRow {
+    fn stage(name: &str, status: StageStatus, reason: Option<&str>, log: &[&str]) -> StageRow {
         StageRow {
             name: name.into(),
             status,
             reason: reason.map(Into::into),
+            took: (status == StageStatus::Completed).then(|| "1.2 s".into()),
+            log: log.iter().map(|l| (*l).to_owned()).collect(),
         }
     }
 
     fn failed_page() -> DeploymentPage {
         DeploymentPage {
-            user: "achmad".into(),
-            id: "d-1".into(),
-            sandbox: "qa".into(),
-            repository: "eredar".into(),
-            branch: "feature/x".into(),
-            by: "achmad".into(),
-            state: DeploymentState::Failed,
-            port: 9001,
-            commit: None,
-            reason: Some("go build exited with status 1".into()),
-            started: "2024-05-01 09:30:12 UTC".into(),
-            completed: "2024-05-01 09:31:00 UTC".into(),
-            stages: vec![
-                stage("git fetch", StageStatus::Completed, None),
-                stage("go build", StageStatus::Failed, Some("exit status 1")),
-                stage("start container", StageStatus::Pending, None),
-            ],
+            viewer: Viewer {
+                name: "achmad".into(),
+                csrf: "t0k".into(),
+            },
+            head: Head {
+                id: "d-1".into(),
+                sandbox: "qa".into(),
+                repository: "eredar".into(),
+                branch: "feature/x".into(),
+                by: "achmad".into(),
+                state: DeploymentState::Failed,
+                port: 9001,
+                commit: None,
+                reason: Some("go build exited with status 1".into()),
+                started: "2024-05-01 09:30:12 UTC".into(),
+                completed: "2024-05-01 09:31:00 UTC".into(),
+                stages: vec![
+                    stage("git fetch", StageStatus::Completed, None, &[]),
+                    stage(
+                        "go build",
+                        StageStatus::Failed,
+                        Some("exit status 1"),
+                        &["./main.go:3: undefined: <nope>"],
+                    ),
+                    stage("start container", StageStatus::Pending, None, &[]),
+                ],
+                csrf: "t0k".into(),
+            },
             log: "[go build] <script>alert(1)</script>\n".into(),
+            log_from: 0,
+            log_end: 38,
         }
     }
 
     #[test]
-    fn stages_carry_a_tick_or_a_cross() {
+    fn stages_carry_a_tick_or_a_cross_with_timings() {
         let html = render(&failed_page()).into_string();
-        assert!(html.contains(r#"<li class="stage-completed"><span class="mark" aria-label="completed">✓</span>git fetch"#), "{html}");
-        assert!(html.contains("✗</span>go build"));
+        assert!(html.contains(r#"<li class="stage stage-completed" data-stage="git fetch"><span class="mark" aria-label="completed">✓</span><span class="name">git fetch</span> <span class="took">1.2 s</span>"#), "{html}");
+        assert!(html.contains(r#"✗</span><span class="name">go build</span>"#));
         assert!(html.contains("exit status 1"));
         assert!(html.contains("go build exited with status 1"));
     }
 
     #[test]
-    fn the_log_is_escaped() {
+    fn the_failed_stage_shows_its_log_escaped() {
         let html = render(&failed_page()).into_string();
-        assert!(html.contains("[go build] &lt;script&gt;alert(1)&lt;/script&gt;"));
-        assert!(!html.contains("<script>"));
+        assert!(html.contains(
+            r#"<pre class="stage-log">./main.go:3: undefined: &lt;nope&gt;"#
+        ));
     }
 
     #[test]
-    fn only_a_queued_deployment_reloads_itself() {
+    fn the_log_is_escaped_and_followed_live_from_its_end() {
+        let html = render(&failed_page()).into_string();
+        assert!(html.contains("[go build] &lt;script&gt;alert(1)&lt;/script&gt;"));
+        assert!(!html.contains("<script>alert"));
+        assert!(html.contains(r#"ws-connect="/ws/live/deployments/d-1?from=38""#));
+        assert!(html.contains(r#"<span id="log-live"></span>"#));
+        assert!(!html.contains("the whole log"));
+    }
+
+    #[test]
+    fn a_cut_log_links_to_the_whole_log() {
         let mut p = failed_page();
-        assert!(!render(&p).into_string().contains("refresh"));
-        p.state = DeploymentState::Queued;
-        assert!(render(&p).into_string().contains("http-equiv=\"refresh\""));
+        p.log_from = 4096;
+        let html = render(&p).into_string();
+        assert!(html.contains(r#"href="/api/v1/deployments/d-1/logs""#));
+    }
+
+    #[test]
+    fn actions_carry_the_csrf_token() {
+        let html = render(&failed_page()).into_string();
+        for a in ["restart", "stop", "delete"] {
+            assert!(html.contains(&format!(r#"action="/deployments/d-1/{a}""#)), "{a}");
+        }
+        assert!(html.matches(r#"name="_csrf" value="t0k""#).count() >= 4);
+    }
+
+    #[test]
+    fn live_fragments_swap_by_id() {
+        let h = head(&failed_page().head, true).into_string();
+        assert!(h.starts_with(r#"<div id="deployment-head" hx-swap-oob="true""#), "{h}");
+        assert!(!head(&failed_page().head, false).into_string().contains("hx-swap-oob"));
+        assert_eq!(
+            log_reset("a<b\n").into_string(),
+            r#"<span id="log-live" hx-swap-oob="true">a&lt;b
+</span>"#
+        );
+        assert_eq!(
+            log_append("</span>").into_string(),
+            r#"<span hx-swap-oob="beforeend:#log-live">&lt;/span&gt;</span>"#
+        );
+    }
+
+    #[test]
+    fn stage_lines_are_the_stage_s_last_lines() {
+        let log = "[git fetch] a\n[go build] b\n[go build] c\n[go build] d\n[control] e\n";
+        assert_eq!(stage_lines(log, "go build", 2), ["c", "d"]);
+        assert!(stage_lines(log, "start container", 5).is_empty());
     }
 }

@@ -3,7 +3,7 @@ use sdp_contract::DeploymentState;
 use sdp_control::Deployment;
 
 use super::layout::page;
-use super::{state_class, time};
+use super::{Viewer, state_class, time};
 
 /// One row of the deployment history.
 #[derive(Debug, Clone)]
@@ -33,21 +33,82 @@ impl From<&Deployment> for Row {
     }
 }
 
-pub struct DeploymentsPage {
+/// The history's filters, as typed (empty means any).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(default)]
+pub struct Filters {
+    pub sandbox: String,
+    pub repository: String,
     pub user: String,
+    pub state: String,
+}
+
+impl Filters {
+    /// The history page with these filters.
+    pub fn url(&self) -> String {
+        let pairs: Vec<(&str, &str)> = [
+            ("sandbox", &self.sandbox),
+            ("repository", &self.repository),
+            ("user", &self.user),
+            ("state", &self.state),
+        ]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (k, v.as_str()))
+        .collect();
+        if pairs.is_empty() {
+            return "/".into();
+        }
+        format!("/?{}", serde_urlencoded::to_string(pairs).unwrap_or_default())
+    }
+}
+
+pub struct DeploymentsPage {
+    pub viewer: Viewer,
+    pub filters: Filters,
     pub rows: Vec<Row>,
 }
 
+const STATES: [DeploymentState; 4] = [
+    DeploymentState::Queued,
+    DeploymentState::Running,
+    DeploymentState::Failed,
+    DeploymentState::Stopped,
+];
+
 pub fn render(p: &DeploymentsPage) -> Markup {
+    let f = &p.filters;
     page(
         "Deployments",
-        Some(&p.user),
-        None,
+        Some(&p.viewer),
         html! {
             h1 { "Deployments" }
-            @if p.rows.is_empty() {
-                p.empty.card { "No deployments yet." }
-            } @else {
+            form.filters method="get" action="/" {
+                input name="sandbox" placeholder="sandbox" value=(f.sandbox) aria-label="sandbox";
+                input name="repository" placeholder="service" value=(f.repository) aria-label="service";
+                input name="user" placeholder="user" value=(f.user) aria-label="user";
+                select name="state" aria-label="state" {
+                    option value="" { "any state" }
+                    @for s in STATES {
+                        option value=(s.as_str()) selected[f.state == s.as_str()] { (s.as_str()) }
+                    }
+                }
+                button type="submit" { "Filter" }
+            }
+            // The list refreshes itself, so states change without a reload.
+            div #history hx-get=(f.url()) hx-trigger="every 3s" hx-select="#history" hx-swap="outerHTML" {
+                (table(&p.rows))
+            }
+        },
+    )
+}
+
+fn table(rows: &[Row]) -> Markup {
+    html! {
+        @if rows.is_empty() {
+            p.empty.card { "No deployments yet." }
+        } @else {
+            div.scroll {
                 table {
                     thead {
                         tr {
@@ -56,7 +117,7 @@ pub fn render(p: &DeploymentsPage) -> Markup {
                         }
                     }
                     tbody {
-                        @for r in &p.rows {
+                        @for r in rows {
                             tr {
                                 td { span class=(state_class(r.state)) { (r.state.as_str()) } }
                                 td { (r.sandbox) }
@@ -70,8 +131,8 @@ pub fn render(p: &DeploymentsPage) -> Markup {
                     }
                 }
             }
-        },
-    )
+        }
+    }
 }
 
 #[cfg(test)]
@@ -91,10 +152,18 @@ mod tests {
         }
     }
 
+    fn viewer() -> Viewer {
+        Viewer {
+            name: "achmad".into(),
+            csrf: "t".into(),
+        }
+    }
+
     #[test]
     fn rows_link_to_their_deployment_and_escape_text() {
         let html = render(&DeploymentsPage {
-            user: "achmad".into(),
+            viewer: viewer(),
+            filters: Filters::default(),
             rows: vec![
                 row("feature/<img src=x>", DeploymentState::Running),
                 row("main", DeploymentState::Failed),
@@ -110,12 +179,20 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_history_says_so() {
+    fn filters_are_kept_in_the_form() {
         let html = render(&DeploymentsPage {
-            user: "achmad".into(),
+            viewer: viewer(),
+            filters: Filters {
+                sandbox: "qa\"".into(),
+                state: "FAILED".into(),
+                ..Default::default()
+            },
             rows: vec![],
         })
         .into_string();
+        assert!(html.contains(r#"name="sandbox" placeholder="sandbox" value="qa&quot;""#), "{html}");
+        assert!(html.contains(r#"<option value="FAILED" selected>FAILED</option>"#));
         assert!(html.contains("No deployments yet."));
+        assert!(html.contains(r#"hx-get="/?sandbox=qa%22&amp;state=FAILED""#), "{html}");
     }
 }

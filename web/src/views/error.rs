@@ -3,7 +3,7 @@ use maud::{Markup, html};
 use super::layout::page;
 
 pub struct ErrorPage {
-    pub user: Option<String>,
+    pub viewer: Option<super::Viewer>,
     pub title: String,
     pub message: String,
 }
@@ -11,8 +11,7 @@ pub struct ErrorPage {
 pub fn render(p: &ErrorPage) -> Markup {
     page(
         &p.title,
-        p.user.as_deref(),
-        None,
+        p.viewer.as_ref(),
         html! {
             h1 { (p.title) }
             p.error { (p.message) }
@@ -28,7 +27,7 @@ mod tests {
     #[test]
     fn the_message_is_shown_escaped() {
         let html = render(&ErrorPage {
-            user: None,
+            viewer: None,
             title: "Not found".into(),
             message: "deployment \"<x>\" not found".into(),
         })

@@ -14,7 +14,6 @@ pub fn render(p: &LoginPage) -> Markup {
     page(
         "Sign in",
         None,
-        None,
         html! {
             form.login.card method="post" action="/login" {
                 h1 { "Sign in with Bitbucket" }

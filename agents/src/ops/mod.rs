@@ -2,13 +2,18 @@
 //! `Reply`; bad input gets `bad_request` with a message fit for the user,
 //! never a panic and never a half-started deployment.
 
+mod repositories;
+mod routes;
+mod services;
+
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use sdp_contract::subjects::{self, AgentOp, DeployStream};
 use sdp_contract::{
     Ack, AgentError, AuthOutcome, AuthRequest, BranchName, ContainerInfo, Credentials,
-    DeployEnvironment, DeployRequest, ErrorCode, NodeKind, ReplayRequest, Reply, SandboxName,
-    ServiceName, decode, encode,
+    DeployEnvironment, ErrorCode, GatewayDeployRequest, NodeKind, ReplayRequest, Reply,
+    SandboxName, ServiceName, decode, encode,
 };
 use serde::de::DeserializeOwned;
 
@@ -23,12 +28,18 @@ pub(crate) async fn handle(shared: &Arc<Shared>, op: &str, payload: &[u8]) -> Ve
     match AgentOp::parse(op) {
         Some(AgentOp::Hello) => encode(&Reply::Ok(presence::current(shared).await)),
         Some(AgentOp::Auth) => encode(&Reply::from(auth(shared, payload).await)),
+        Some(AgentOp::Repos) => encode(&Reply::Ok(repositories::list(shared))),
+        Some(AgentOp::Branches) => {
+            encode(&Reply::from(repositories::branches(shared, payload).await))
+        }
         Some(AgentOp::Deploy) => encode(&Reply::from(deploy(shared, payload).await)),
+        Some(AgentOp::Stop) => encode(&Reply::from(services::stop(shared, payload).await)),
+        Some(AgentOp::Restart) => encode(&Reply::from(services::restart(shared, payload).await)),
+        Some(AgentOp::Remove) => encode(&Reply::from(services::remove(shared, payload).await)),
+        Some(AgentOp::RoutesGet) => encode(&Reply::from(routes::get(shared, payload).await)),
+        Some(AgentOp::RoutesApply) => encode(&Reply::from(routes::apply(shared, payload).await)),
         Some(AgentOp::Status) => encode(&Reply::from(status(shared).await)),
         Some(AgentOp::Replay) => encode(&Reply::from(replay(shared, payload).await)),
-        Some(other) => refuse(format!(
-            "the '{other}' operation is not served by this agent version"
-        )),
         None => {
             let op: String = op.chars().take(40).collect();
             refuse(format!("unknown operation '{op}'"))
@@ -101,31 +112,14 @@ async fn auth(shared: &Shared, payload: &[u8]) -> Result<AuthOutcome, AgentError
     Err(internal(format!("git ls-remote failed: {line}")))
 }
 
-/// Validates a deployment, acknowledges it and runs it in the background.
-async fn deploy(shared: &Arc<Shared>, payload: &[u8]) -> Result<Ack, AgentError> {
+fn bad_name(e: sdp_contract::NameError) -> AgentError {
+    bad_request(e.to_string())
+}
+
+/// A repository configured on this node, and its working clone.
+fn configured(shared: &Shared, name: &str) -> Result<(ServiceName, PathBuf), AgentError> {
     let config = &shared.config;
-    match config.kind {
-        NodeKind::Micro => {}
-        NodeKind::Gateway => {
-            return Err(bad_request("gateway deploys arrive in a later version"));
-        }
-        NodeKind::Infra => {
-            return Err(bad_request(format!(
-                "node '{}' is an infra node and deploys no services",
-                config.node
-            )));
-        }
-    }
-    let request: DeployRequest = body("deploy", payload)?;
-    if !spool::valid_id(&request.deployment) {
-        return Err(bad_request(
-            "invalid deployment id: use 1 to 64 letters, digits, '-' or '_'",
-        ));
-    }
-    let bad = |e: sdp_contract::NameError| bad_request(e.to_string());
-    let sandbox = SandboxName::parse(&request.sandbox).map_err(bad)?;
-    let repository = ServiceName::parse(&request.repository).map_err(bad)?;
-    let branch = BranchName::parse(&request.branch).map_err(bad)?;
+    let repository = ServiceName::parse(name).map_err(bad_name)?;
     let Some(clone) = config.repositories.get(repository.as_str()) else {
         let known: Vec<&str> = config.repositories.keys().map(String::as_str).collect();
         return Err(bad_request(format!(
@@ -138,6 +132,36 @@ async fn deploy(shared: &Arc<Shared>, payload: &[u8]) -> Result<Ack, AgentError>
             }
         )));
     };
+    Ok((repository, clone.clone()))
+}
+
+/// Validates a deployment, acknowledges it and runs it in the background.
+async fn deploy(shared: &Arc<Shared>, payload: &[u8]) -> Result<Ack, AgentError> {
+    let config = &shared.config;
+    if config.kind == NodeKind::Infra {
+        return Err(bad_request(format!(
+            "node '{}' is an infra node and deploys no services",
+            config.node
+        )));
+    }
+    // A micro agent ignores `routes`; a plain deploy request reads as a
+    // gateway deploy without overrides.
+    let GatewayDeployRequest {
+        deploy: request,
+        routes,
+    } = body("deploy", payload)?;
+    if !spool::valid_id(&request.deployment) {
+        return Err(bad_request(
+            "invalid deployment id: use 1 to 64 letters, digits, '-' or '_'",
+        ));
+    }
+    let sandbox = SandboxName::parse(&request.sandbox).map_err(bad_name)?;
+    let (repository, clone) = configured(shared, &request.repository)?;
+    let branch = BranchName::parse(&request.branch).map_err(bad_name)?;
+    if config.kind == NodeKind::Gateway {
+        // Checked now, so a bad URL is a refusal, not a failed deployment.
+        crate::gateway::wanted(&routes, &Default::default(), "", false).map_err(bad_request)?;
+    }
     if request.port == 0 {
         return Err(bad_request("the host port must not be 0"));
     }
@@ -168,9 +192,10 @@ async fn deploy(shared: &Arc<Shared>, payload: &[u8]) -> Result<Ack, AgentError>
         repository,
         branch,
         port: request.port,
-        clone: clone.clone(),
+        clone,
         credentials,
         environment,
+        routes,
     };
     shared
         .tracker
@@ -181,7 +206,7 @@ async fn deploy(shared: &Arc<Shared>, payload: &[u8]) -> Result<Ack, AgentError>
 async fn status(shared: &Shared) -> Result<Vec<ContainerInfo>, AgentError> {
     shared
         .docker
-        .sdp_containers()
+        .node_containers(&shared.config.node)
         .await
         .map_err(|e| internal(e.to_string()))
 }
