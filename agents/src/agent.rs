@@ -126,6 +126,9 @@ impl AgentHandle {
     }
 }
 
+/// How long a stopping agent waits for the bus to take its last messages.
+const LAST_WORDS: std::time::Duration = std::time::Duration::from_secs(3);
+
 async fn serve(shared: Arc<Shared>, mut subscriber: async_nats::Subscriber) {
     let permits = Arc::new(Semaphore::new(CONCURRENT_REQUESTS));
     loop {
@@ -145,11 +148,15 @@ async fn serve(shared: Arc<Shared>, mut subscriber: async_nats::Subscriber) {
             answer(&shared2, message).await;
         });
     }
-    let _ = subscriber.unsubscribe().await;
+    // Bounded: when the whole process shuts down the broker may already be
+    // gone, and an unbounded flush would wait for a reconnect forever.
+    let _ = tokio::time::timeout(LAST_WORDS, subscriber.unsubscribe()).await;
     shared.tracker.close();
     shared.tracker.wait().await;
-    if let Err(e) = shared.nats.flush().await {
-        tracing::warn!(error = %e, "could not flush the last messages");
+    match tokio::time::timeout(LAST_WORDS, shared.nats.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not flush the last messages"),
+        Err(_) => tracing::warn!("the bus did not take the last messages in time"),
     }
     tracing::info!(node = %shared.config.node, "agent stopped");
 }
@@ -167,15 +174,20 @@ async fn answer(shared: &Arc<Shared>, message: async_nats::Message) {
     }
 }
 
-/// Closes deployments a previous run of the agent left unfinished, and
-/// removes old spools.
+/// Closes deployments a previous run of the agent left unfinished, removes
+/// the containers they had started (a deployment that ends `FAILED` leaves
+/// nothing running), reports what does run, and removes old spools.
 async fn housekeeping(shared: &Shared) {
+    let mut interrupted = Vec::new();
     match shared.spool.ids().await {
         Ok(ids) => {
             for id in ids {
                 match Reporter::close_interrupted(&shared.nats, &shared.spool, &id).await {
-                    Ok(true) => tracing::warn!(deployment = %id,
-                        "deployment interrupted by an agent restart marked FAILED"),
+                    Ok(true) => {
+                        tracing::warn!(deployment = %id,
+                            "deployment interrupted by an agent restart marked FAILED");
+                        interrupted.push(id);
+                    }
                     Ok(false) => {}
                     Err(e) => tracing::warn!(deployment = %id, error = %e,
                         "cannot read the spool of a deployment"),
@@ -184,7 +196,33 @@ async fn housekeeping(shared: &Shared) {
         }
         Err(e) => tracing::warn!(error = %e, "cannot list the spool"),
     }
+    reconcile(shared, &interrupted).await;
     if let Err(e) = shared.spool.prune(SPOOL_RETENTION).await {
         tracing::warn!(error = %e, "cannot prune the spool");
+    }
+}
+
+/// The engine is the truth about what runs: containers of interrupted
+/// deployments go, the others are reported as found.
+async fn reconcile(shared: &Shared, interrupted: &[String]) {
+    let containers = match shared.docker.node_containers(&shared.config.node).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list containers to reconcile with");
+            return;
+        }
+    };
+    for c in containers {
+        if interrupted.contains(&c.deployment) {
+            match shared.docker.remove_container(&c.name).await {
+                Ok(()) => tracing::warn!(container = %c.name, deployment = %c.deployment,
+                    "removed the container of a deployment interrupted by a restart"),
+                Err(e) => tracing::warn!(container = %c.name, error = %e,
+                    "cannot remove the container of an interrupted deployment"),
+            }
+        } else {
+            tracing::info!(container = %c.name, sandbox = %c.sandbox, service = %c.service,
+                deployment = %c.deployment, state = %c.state, "found running");
+        }
     }
 }

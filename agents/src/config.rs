@@ -97,9 +97,7 @@ impl AgentConfig {
             gateway_mount: "/var/www/html/erangel".to_owned(),
             gateway_url_prefix: "/erangel/".to_owned(),
             gateway_container_port: 80,
-            reload_command: ["apachectl", "-k", "graceful"]
-                .map(str::to_owned)
-                .to_vec(),
+            reload_command: ["apachectl", "-k", "graceful"].map(str::to_owned).to_vec(),
             host_php: None,
             composer_program: PathBuf::from("composer"),
             composer_timeout: Duration::from_secs(600),

@@ -43,6 +43,8 @@ pub mod labels {
 
 /// Output lines of one `docker exec` kept for its caller.
 const EXEC_KEEP: usize = 200;
+/// Tries at removing a container the engine is busy with.
+const REMOVE_ATTEMPTS: u32 = 25;
 /// Seconds a stopping container gets before it is killed.
 const STOP_GRACE: i32 = 10;
 
@@ -78,6 +80,16 @@ fn engine_message(e: &bollard::errors::Error) -> String {
         bollard::errors::Error::DockerResponseServerError { message, .. } => message.clone(),
         other => other.to_string(),
     }
+}
+
+fn is_conflict(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 409 | 500,
+            ..
+        }
+    )
 }
 
 fn is_not_found(e: &bollard::errors::Error) -> bool {
@@ -366,11 +378,21 @@ impl DockerEngine {
     /// Removes the container called `name`, running or not; absent is fine.
     pub async fn remove_container(&self, name: &str) -> Result<(), DockerError> {
         let docker = self.client().await?;
-        let options = RemoveContainerOptionsBuilder::new().force(true).build();
-        match docker.remove_container(name, Some(options)).await {
-            Ok(()) => Ok(()),
-            Err(e) if is_not_found(&e) => Ok(()),
-            Err(e) => Err(api(format!("removing container {name}"))(e)),
+        let mut attempt = 0;
+        loop {
+            let options = RemoveContainerOptionsBuilder::new().force(true).build();
+            match docker.remove_container(name, Some(options)).await {
+                Ok(()) => return Ok(()),
+                Err(e) if is_not_found(&e) => return Ok(()),
+                // The engine refuses to remove a container caught between
+                // two restarts ("is restarting, wait until the container is
+                // running") or already being removed: it settles quickly.
+                Err(e) if attempt < REMOVE_ATTEMPTS && is_conflict(&e) => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(api(format!("removing container {name}"))(e)),
+            }
         }
     }
 
@@ -413,10 +435,7 @@ impl DockerEngine {
             .await
         {
             Ok(info) => Ok(Some(ContainerDetails {
-                labels: info
-                    .config
-                    .and_then(|c| c.labels)
-                    .unwrap_or_default(),
+                labels: info.config.and_then(|c| c.labels).unwrap_or_default(),
                 state: info
                     .state
                     .and_then(|s| s.status)

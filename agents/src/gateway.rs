@@ -30,6 +30,7 @@ use crate::process::{Process, ProcessError};
 use crate::routes::defaults::Routes;
 use crate::routes::file::{self, Rewritten};
 use crate::routes::lint::Linter;
+use crate::routes::patcher::Change;
 use crate::routes::{self, patcher};
 use crate::worktree;
 
@@ -73,7 +74,11 @@ impl SandboxGateway {
 
     /// Patches the live file (checked by `php -l`), and reloads the web
     /// server gracefully when the file changed.
-    pub async fn apply(&self, shared: &Shared, changes: &Routes) -> Result<Rewritten, String> {
+    pub async fn apply(
+        &self,
+        shared: &Shared,
+        changes: &BTreeMap<String, Change>,
+    ) -> Result<Rewritten, String> {
         let linter = self.linter(&shared.config);
         let docker = &shared.docker;
         let done = file::rewrite(&self.config_file, changes, |staged| async move {
@@ -115,16 +120,14 @@ impl SandboxGateway {
     }
 }
 
-/// The URLs `routes` asks for. Services routed to OCP get the branch's
-/// default; one the branch does not route is left out when `strict` is
-/// off (a pristine file cannot hold it anyway), else refused.
+/// The changes `routes` asks for. A service routed to OCP gets the
+/// branch's default back, or leaves the map when the branch does not route
+/// it: either way the file says what the branch's own file says.
 pub(crate) fn wanted(
     routes: &BTreeMap<String, RouteTarget>,
     defaults: &Routes,
-    branch: &str,
-    strict: bool,
-) -> Result<Routes, String> {
-    let mut out = Routes::new();
+) -> Result<BTreeMap<String, Change>, String> {
+    let mut out = BTreeMap::new();
     for (service, target) in routes {
         check_service_key(service)?;
         match target {
@@ -135,19 +138,15 @@ pub(crate) fn wanted(
                     ));
                 }
                 patcher::check_url(service, url).map_err(|e| e.to_string())?;
-                out.insert(service.clone(), url.clone());
+                out.insert(service.clone(), Change::Set(url.clone()));
             }
-            RouteTarget::Ocp => match defaults.get(service) {
-                Some(url) => {
-                    out.insert(service.clone(), url.clone());
-                }
-                None if !strict => {}
-                None => {
-                    return Err(format!(
-                        "service '{service}' has no OCP default on gateway branch '{branch}'"
-                    ));
-                }
-            },
+            RouteTarget::Ocp => {
+                let change = match defaults.get(service) {
+                    Some(url) => Change::Set(url.clone()),
+                    None => Change::Remove,
+                };
+                out.insert(service.clone(), change);
+            }
         }
     }
     Ok(out)
@@ -164,7 +163,12 @@ fn check_service_key(service: &str) -> Result<(), String> {
 }
 
 /// The live map as the control plane shows it.
-pub(crate) fn live_routes(sandbox: &str, branch: &str, live: Routes, defaults: &Routes) -> LiveRoutes {
+pub(crate) fn live_routes(
+    sandbox: &str,
+    branch: &str,
+    live: Routes,
+    defaults: &Routes,
+) -> LiveRoutes {
     let routes = live
         .into_iter()
         .map(|(service, target)| {
@@ -350,7 +354,10 @@ impl Run<'_> {
                 if source.kind() == std::io::ErrorKind::NotFound =>
             {
                 self.reporter
-                    .narrate(COMPOSER_INSTALL, "composer is not installed on this host: skipped")
+                    .narrate(
+                        COMPOSER_INSTALL,
+                        "composer is not installed on this host: skipped",
+                    )
                     .await;
                 return Ok(());
             }
@@ -388,7 +395,10 @@ impl Run<'_> {
         let mut mounts = environment::write_files(t.environment, &files)
             .await
             .map_err(|e| e.to_string())?;
-        mounts.insert(0, (t.gateway.worktree.clone(), config.gateway_mount.clone()));
+        mounts.insert(
+            0,
+            (t.gateway.worktree.clone(), config.gateway_mount.clone()),
+        );
         let spec = ContainerSpec {
             name: name.clone(),
             image: config.gateway_image.clone(),
@@ -475,9 +485,11 @@ impl Run<'_> {
                 ),
             )
             .await;
-        let wanted = wanted(routes, &defaults, branch.as_str(), false)?;
-        for (service, url) in &wanted {
-            if defaults.get(service) != Some(url) {
+        let wanted = wanted(routes, &defaults)?;
+        for (service, change) in &wanted {
+            if let Change::Set(url) = change
+                && defaults.get(service) != Some(url)
+            {
                 self.reporter
                     .narrate(APPLY_ROUTES, &format!("{service} → {url}"))
                     .await;
@@ -497,7 +509,10 @@ impl Run<'_> {
                 .await;
         } else {
             self.reporter
-                .narrate(APPLY_ROUTES, "every service goes to OCP: config.php unchanged")
+                .narrate(
+                    APPLY_ROUTES,
+                    "every service goes to OCP: config.php unchanged",
+                )
                 .await;
         }
         for (service, url) in &done.routes {
@@ -536,17 +551,18 @@ mod tests {
             ),
             ("payment".to_owned(), RouteTarget::Ocp),
         ]);
-        let w = wanted(&routes, &defaults(), "main", true).unwrap();
-        assert_eq!(w["account"], "http://m:9001");
-        assert_eq!(w["payment"], "http://ocp-p");
+        let w = wanted(&routes, &defaults()).unwrap();
+        assert_eq!(w["account"], Change::Set("http://m:9001".into()));
+        assert_eq!(w["payment"], Change::Set("http://ocp-p".into()));
     }
 
     #[test]
-    fn an_ocp_route_without_a_default_is_refused_only_when_strict() {
+    fn ocp_for_a_service_the_branch_does_not_route_removes_it() {
         let routes = BTreeMap::from([("wallet".to_owned(), RouteTarget::Ocp)]);
-        assert!(wanted(&routes, &defaults(), "main", false).unwrap().is_empty());
-        let err = wanted(&routes, &defaults(), "main", true).unwrap_err();
-        assert!(err.contains("no OCP default on gateway branch 'main'"), "{err}");
+        assert_eq!(
+            wanted(&routes, &defaults()).unwrap()["wallet"],
+            Change::Remove
+        );
     }
 
     #[test]
@@ -556,7 +572,7 @@ mod tests {
                 "account".to_owned(),
                 RouteTarget::Sandbox { url: url.into() },
             )]);
-            assert!(wanted(&routes, &defaults(), "main", true).is_err(), "{url}");
+            assert!(wanted(&routes, &defaults()).is_err(), "{url}");
         }
     }
 

@@ -152,7 +152,11 @@ impl Run<'_> {
     }
 
     /// Reports how a stage ended; a failure ends the deployment.
-    pub(crate) async fn end<T>(&mut self, stage: &str, result: Result<T, String>) -> Result<T, Stopped> {
+    pub(crate) async fn end<T>(
+        &mut self,
+        stage: &str,
+        result: Result<T, String>,
+    ) -> Result<T, Stopped> {
         match result {
             Ok(value) => {
                 self.reporter
@@ -331,7 +335,11 @@ impl Run<'_> {
         Ok(())
     }
 
-    pub(crate) async fn checkout(&mut self, worktree: &Path, branch: &BranchName) -> Result<(), String> {
+    pub(crate) async fn checkout(
+        &mut self,
+        worktree: &Path,
+        branch: &BranchName,
+    ) -> Result<(), String> {
         let git = self.git_in(worktree);
         // A full ref name can never be read as an option, whatever the
         // branch is called; the branch was validated besides.

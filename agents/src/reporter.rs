@@ -91,6 +91,20 @@ impl Reporter {
         }
     }
 
+    /// A reporter that goes on with an existing deployment's stream, after
+    /// its last spooled sequence number.
+    pub async fn resume(
+        nats: &async_nats::Client,
+        spool: &Spool,
+        deployment: &str,
+    ) -> std::io::Result<Self> {
+        let records = spool.read(deployment).await?;
+        let writer = spool.append_to(deployment).await?;
+        let mut reporter = Reporter::new(nats.clone(), deployment, writer, Masker::default());
+        reporter.seq = records.iter().map(|r| r.seq).max().unwrap_or(0);
+        Ok(reporter)
+    }
+
     /// Closes a deployment the agent was running when it stopped: its open
     /// stage fails and the deployment ends `FAILED`, so no deployment stays
     /// unfinished forever. Returns whether anything was closed.

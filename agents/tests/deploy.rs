@@ -236,3 +236,174 @@ async fn a_service_that_exits_fails_at_start_container_with_its_last_lines_maske
     );
     agent.stop().await;
 }
+
+#[tokio::test]
+async fn stop_restart_and_remove_act_on_the_labelled_container() {
+    use sdp_contract::{ErrorCode, ServiceOutcome, ServiceRequest};
+    let nats = NatsServer::start();
+    let repos = Repos::new();
+    let agent = micro(&nats, &repos).await;
+    let sandbox = sandbox_name("ops");
+    let _cleanup = SandboxCleanup(sandbox.clone());
+    let port = free_port();
+    let d = agent
+        .deploy(&agent.deploy_request("d-ops", &sandbox, "main", port))
+        .await;
+    assert!(
+        matches!(
+            d.final_state(),
+            EventKind::State {
+                state: DeploymentState::Running,
+                ..
+            }
+        ),
+        "{}",
+        d.log_text()
+    );
+    let request = |deployment: Option<&str>| ServiceRequest {
+        sandbox: sandbox.clone(),
+        repository: "svc".into(),
+        deployment: deployment.map(str::to_owned),
+    };
+
+    // A stale request for another deployment changes nothing.
+    let err = agent
+        .call::<_, ServiceOutcome>(AgentOp::Stop, &request(Some("d-older")))
+        .await
+        .into_result()
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::NotFound);
+    assert!(
+        err.message.contains("runs deployment d-ops"),
+        "{}",
+        err.message
+    );
+
+    let mut stream = agent
+        .nats
+        .subscribe("sdp.deploy.d-ops.event")
+        .await
+        .unwrap();
+    agent.nats.flush().await.unwrap();
+    let out: ServiceOutcome = agent
+        .call(AgentOp::Stop, &request(Some("d-ops")))
+        .await
+        .into_result()
+        .unwrap();
+    assert_eq!(out.state, "exited");
+    let stopped = collect(&mut stream, Duration::from_secs(10)).await;
+    match stopped.final_state() {
+        EventKind::State { state, .. } => assert_eq!(*state, DeploymentState::Stopped),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        stopped.seqs,
+        [d.seqs.len() as u64 + 1],
+        "the stream goes on"
+    );
+
+    let out: ServiceOutcome = agent
+        .call(AgentOp::Restart, &request(None))
+        .await
+        .into_result()
+        .unwrap();
+    assert_eq!(out.state, "running");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !sdp_agents::probe::accepts("127.0.0.1", port).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "answers after restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(http_get(port).await.contains("hello from"));
+
+    let out: ServiceOutcome = agent
+        .call(AgentOp::Remove, &request(None))
+        .await
+        .into_result()
+        .unwrap();
+    assert_eq!(out.state, "removed");
+    assert!(out.network_removed && out.worktree_removed, "{out:?}");
+    assert!(
+        !agent
+            .dir
+            .path()
+            .join("work")
+            .join(&sandbox)
+            .join("svc")
+            .exists()
+    );
+    let gone = std::process::Command::new("docker")
+        .args(["network", "inspect", &format!("sandbox-{sandbox}")])
+        .output()
+        .unwrap();
+    assert!(!gone.status.success(), "the network is gone");
+    let err = agent
+        .call::<_, ServiceOutcome>(AgentOp::Stop, &request(None))
+        .await
+        .into_result()
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::NotFound);
+    agent.stop().await;
+}
+
+/// A build that floods its output with long lines and bytes that are not
+/// UTF-8: every line is streamed (cut when too long), none crashes the
+/// agent, and the deployment goes on to run.
+#[tokio::test]
+async fn build_output_of_any_size_or_encoding_is_streamed() {
+    let nats = NatsServer::start();
+    let repos = Repos::new();
+    ensure_runtime_image();
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("noisy-go");
+    std::fs::write(
+        &go,
+        "#!/bin/sh\n\
+         printf 'bad \\377\\376 bytes\\n' >&2\n\
+         head -c 300000 /dev/zero | tr '\\0' y >&2; echo >&2\n\
+         i=0; while [ $i -lt 5000 ]; do echo \"noise $i\"; i=$((i+1)); done\n\
+         exec go \"$@\"\n",
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&go, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let mut config = config(NodeKind::Micro, dir.path(), &repos);
+    config.go_program = go;
+    let agent = TestAgent::start(&nats, config, dir).await;
+    let sandbox = sandbox_name("noisy");
+    let _cleanup = SandboxCleanup(sandbox.clone());
+    let d = agent
+        .deploy(&agent.deploy_request("d-noisy", &sandbox, "main", free_port()))
+        .await;
+    assert!(
+        matches!(
+            d.final_state(),
+            EventKind::State {
+                state: DeploymentState::Running,
+                ..
+            }
+        ),
+        "{}",
+        d.log_text()
+    );
+    let build: Vec<&str> = d
+        .logs
+        .iter()
+        .filter(|l| l.stage == "go build")
+        .map(|l| l.line.as_str())
+        .collect();
+    assert!(build.contains(&"bad \u{fffd}\u{fffd} bytes"));
+    assert!(
+        build
+            .iter()
+            .any(|l| l.len() == sdp_agents::process::MAX_LINE)
+    );
+    assert!(build.contains(&"noise 4999"));
+    let contiguous: Vec<u64> = (1..=d.seqs.len() as u64).collect();
+    assert_eq!(d.seqs, contiguous, "nothing lost on the way");
+    agent.stop().await;
+}

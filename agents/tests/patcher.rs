@@ -8,9 +8,16 @@ use std::path::Path;
 use std::process::Command;
 
 use proptest::prelude::*;
-use sdp_agents::routes::patcher::{patch, read};
+use sdp_agents::routes::patcher::{Change, apply, patch, read};
 
-const KEYS: [&str; 6] = ["account", "payment", "user", "legacy-user", "wallet_v2", "Ümlaut"];
+const KEYS: [&str; 6] = [
+    "account",
+    "payment",
+    "user",
+    "legacy-user",
+    "wallet_v2",
+    "Ümlaut",
+];
 
 /// Between any two tokens: blanks, newlines, comments, decoys in comments.
 const GAPS: [&str; 11] = [
@@ -107,7 +114,11 @@ impl Spec {
         w.push("/* $config['_url'] = array('account' => 'decoy'); */\n");
         w.push("$s = '$config[\\'_url\\'] = 1';\n$config['base_url'] = '';\n");
         // A file of per-service lines with no service has no map at all.
-        let form = if self.entries.is_empty() { 0 } else { self.form };
+        let form = if self.entries.is_empty() {
+            0
+        } else {
+            self.form
+        };
         let split = match form {
             0 => self.entries.len(),
             1 => 0,
@@ -219,23 +230,63 @@ fn spec() -> impl Strategy<Value = Spec> {
         })
 }
 
-/// Some of the file's services with new URLs, and maybe one new service.
-fn changes(spec: &Spec) -> impl Strategy<Value = (BTreeMap<String, String>, Option<String>)> + use<> {
+type Changes = (BTreeMap<String, String>, Option<String>, Vec<String>);
+type Case = (Spec, BTreeMap<String, String>, Option<String>, Vec<String>);
+
+/// Some of the file's services with new URLs, maybe one new service, and
+/// some services to remove.
+fn changes(spec: &Spec) -> impl Strategy<Value = Changes> + use<> {
     let keys: Vec<String> = spec.entries.iter().map(|e| e.0.clone()).collect();
     let n = keys.len();
     (
-        proptest::sample::subsequence(keys, 0..=n),
+        proptest::sample::subsequence(keys.clone(), 0..=n),
         proptest::collection::vec(url(), n),
         proptest::option::of(url()),
+        proptest::sample::subsequence(keys, 0..=n),
     )
-        .prop_map(|(keys, urls, added)| (keys.into_iter().zip(urls).collect(), added))
+        .prop_map(|(keys, urls, added, removed)| {
+            (keys.into_iter().zip(urls).collect(), added, removed)
+        })
 }
 
-fn case() -> impl Strategy<Value = (Spec, BTreeMap<String, String>, Option<String>)> {
+fn case() -> impl Strategy<Value = Case> {
     spec().prop_flat_map(|s| {
         let c = changes(&s);
-        (Just(s), c).prop_map(|(s, (c, a))| (s, c, a))
+        (Just(s), c).prop_map(|(s, (c, a, r))| (s, c, a, r))
     })
+}
+
+/// `changes` as sets, plus the removal of each service in `removed` that
+/// is not being set.
+fn with_removals(
+    changes: &BTreeMap<String, String>,
+    removed: &[String],
+) -> BTreeMap<String, Change> {
+    let mut all: BTreeMap<String, Change> = changes
+        .iter()
+        .map(|(k, v)| (k.clone(), Change::Set(v.clone())))
+        .collect();
+    for k in removed {
+        all.entry(k.clone()).or_insert(Change::Remove);
+    }
+    all
+}
+
+fn expected(
+    mut map: BTreeMap<String, String>,
+    changes: &BTreeMap<String, Change>,
+) -> BTreeMap<String, String> {
+    for (k, c) in changes {
+        match c {
+            Change::Set(v) => {
+                map.insert(k.clone(), v.clone());
+            }
+            Change::Remove => {
+                map.remove(k);
+            }
+        }
+    }
+    map
 }
 
 /// The input with exactly the changed values' insides replaced.
@@ -263,7 +314,7 @@ proptest! {
     #![proptest_config(config(2000))]
 
     #[test]
-    fn patches_change_only_the_values_they_must((spec, changes, added) in case()) {
+    fn patches_change_only_the_values_they_must((spec, changes, added, removed) in case()) {
         let g = spec.generate();
         prop_assert_eq!(read(&g.text).unwrap(), spec.map(), "{}", g.text);
         let out = patch(&g.text, &changes).unwrap();
@@ -279,6 +330,10 @@ proptest! {
             want.insert("brand-new".into(), url);
             prop_assert_eq!(read(&out).unwrap(), want, "{}", out);
         }
+
+        let all = with_removals(&changes, &removed);
+        let out = apply(&g.text, &all).unwrap();
+        prop_assert_eq!(read(&out).unwrap(), expected(spec.map(), &all), "{}", out);
     }
 }
 
@@ -311,7 +366,11 @@ fn php_map(file: &Path) -> BTreeMap<String, String> {
         .arg(file)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
@@ -332,7 +391,7 @@ proptest! {
     #![proptest_config(config(120))]
 
     #[test]
-    fn php_accepts_every_output_and_agrees_on_the_map((spec, mut changes, added) in case()) {
+    fn php_accepts_every_output_and_agrees_on_the_map((spec, mut changes, added, removed) in case()) {
         prop_assume!(php_available());
         let dir = tempfile::tempdir().unwrap();
         let g = spec.generate();
@@ -342,6 +401,10 @@ proptest! {
         }
         let out = patch(&g.text, &changes).unwrap();
         check_with_php(dir.path(), &out).map_err(TestCaseError::fail)?;
+        let all = with_removals(&changes, &removed);
+        let out = apply(&g.text, &all).unwrap();
+        check_with_php(dir.path(), &out).map_err(TestCaseError::fail)?;
+        prop_assert_eq!(read(&out).unwrap(), expected(spec.map(), &all));
     }
 }
 

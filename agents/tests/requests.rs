@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
@@ -10,8 +11,8 @@ use futures::StreamExt;
 use sdp_agents::NodeKind;
 use sdp_contract::subjects::{self, AgentOp};
 use sdp_contract::{
-    Ack, AuthOutcome, AuthRequest, Credentials, ErrorCode, EventKind, Presence, ReplayRequest,
-    Reply, decode,
+    Ack, AuthOutcome, AuthRequest, Credentials, ErrorCode, EventKind, GatewayDeployRequest,
+    Presence, ReplayRequest, Reply, RouteTarget, decode,
 };
 
 async fn micro(nats: &NatsServer, repos: &Repos) -> TestAgent {
@@ -211,20 +212,28 @@ async fn auth_accepts_what_git_accepts_and_refuses_what_bitbucket_refuses() {
 }
 
 #[tokio::test]
-async fn a_gateway_refuses_deploys_for_now() {
+async fn a_gateway_refuses_routes_it_cannot_write_before_accepting() {
     let nats = NatsServer::start();
     let repos = Repos::new();
     let dir = tempfile::tempdir().unwrap();
     let config = config(NodeKind::Gateway, dir.path(), &repos);
     let gateway = TestAgent::start(&nats, config, dir).await;
-    let request = gateway.deploy_request("d-gw", "qa", "main", 8080);
-    let err = gateway
-        .call::<_, Ack>(AgentOp::Deploy, &request)
-        .await
-        .into_result()
-        .unwrap_err();
-    assert_eq!(err.code, ErrorCode::BadRequest);
-    assert_eq!(err.message, "gateway deploys arrive in a later version");
+    for url in ["file:///etc/passwd", "http://x\n';system('id');//"] {
+        let request = GatewayDeployRequest {
+            deploy: gateway.deploy_request("d-gw", "qa", "main", 8080),
+            routes: BTreeMap::from([(
+                "account".to_owned(),
+                RouteTarget::Sandbox { url: url.into() },
+            )]),
+        };
+        let err = gateway
+            .call::<_, Ack>(AgentOp::Deploy, &request)
+            .await
+            .into_result()
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadRequest, "{url}");
+        assert!(err.message.contains("account"), "{}", err.message);
+    }
     gateway.stop().await;
 }
 
@@ -494,4 +503,93 @@ async fn a_deployment_interrupted_by_a_restart_is_closed_failed() {
         ["failed:git checkout", "state:FAILED"]
     );
     agent.stop().await;
+}
+
+#[tokio::test]
+async fn repositories_and_their_branches_are_listed_live() {
+    let nats = NatsServer::start();
+    let repos = Repos::new();
+    let agent = micro(&nats, &repos).await;
+    let listed: Vec<sdp_contract::RepositoryInfo> = agent
+        .request(AgentOp::Repos, b"")
+        .await
+        .into_result()
+        .unwrap();
+    assert_eq!(
+        listed,
+        vec![sdp_contract::RepositoryInfo {
+            name: "svc".into(),
+            node: "micro".into(),
+            kind: NodeKind::Micro,
+        }]
+    );
+    let request = sdp_contract::BranchesRequest {
+        repository: "svc".into(),
+        credentials: agent.credentials(),
+    };
+    let branches: Vec<sdp_contract::BranchInfo> = agent
+        .call(AgentOp::Branches, &request)
+        .await
+        .into_result()
+        .unwrap();
+    let names: Vec<&str> = branches.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(names, ["broken", "crash", "main"]);
+    assert_eq!(branches[2].commit, repos.head_of("main"));
+
+    // A branch pushed after the agent started shows at once: no cache.
+    let seed = repos.dir.path().join("seed");
+    git(&seed, &["checkout", "-q", "-b", "feature/new", "main"]);
+    git(&seed, &["push", "-q", "origin", "feature/new"]);
+    let branches: Vec<sdp_contract::BranchInfo> = agent
+        .call(AgentOp::Branches, &request)
+        .await
+        .into_result()
+        .unwrap();
+    assert!(branches.iter().any(|b| b.name == "feature/new"));
+
+    for repository in ["nope", "../svc"] {
+        let err = agent
+            .call::<_, Vec<sdp_contract::BranchInfo>>(
+                AgentOp::Branches,
+                &sdp_contract::BranchesRequest {
+                    repository: repository.into(),
+                    credentials: agent.credentials(),
+                },
+            )
+            .await
+            .into_result()
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadRequest, "{repository}");
+    }
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn routes_ops_need_a_gateway_node_and_a_gateway() {
+    let nats = NatsServer::start();
+    let repos = Repos::new();
+    let agent = micro(&nats, &repos).await;
+    let request = sdp_contract::RoutesRequest {
+        sandbox: "qa".into(),
+        repository: None,
+    };
+    let err = agent
+        .call::<_, sdp_contract::LiveRoutes>(AgentOp::RoutesGet, &request)
+        .await
+        .into_result()
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::BadRequest);
+    agent.stop().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(NodeKind::Gateway, dir.path(), &repos);
+    let gateway = TestAgent::start(&nats, config, dir).await;
+    let err = gateway
+        .call::<_, sdp_contract::LiveRoutes>(AgentOp::RoutesGet, &request)
+        .await
+        .into_result()
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::NotFound, "{}", err.message);
+    assert!(err.message.contains("has no gateway"), "{}", err.message);
+    gateway.stop().await;
 }

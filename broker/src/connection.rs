@@ -12,6 +12,7 @@
 //! a receiver.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -23,13 +24,13 @@ use rand::Rng;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, trace, warn};
 
 use crate::auth::{self, ClientPerms};
 use crate::error::ProtocolError;
-use crate::parser::{ClientOp, ConnectOptions, Parser};
+use crate::parser::{ClientOp, ConnectOptions, OpRef, Parser, PubRef};
 use crate::server::{SERVER_VERSION, ServerInfo, Shared};
 use crate::subject::{has_wildcard, is_valid_publish_subject, is_valid_subject};
 use crate::sublist::SublistResult;
@@ -43,11 +44,20 @@ const MAX_READ: usize = 64 * 1024;
 /// How long queued frames (typically a final `-ERR`) may take to flush once
 /// the connection is closing.
 const CLOSE_FLUSH_DEADLINE: Duration = Duration::from_secs(1);
+/// Longest wait for the first server PING (nats-server's
+/// `firstClientPingInterval`).
+const FIRST_PING: Duration = Duration::from_secs(2);
+/// Longest a publisher waits for its receivers after one read.
+const MAX_STALL: Duration = Duration::from_millis(50);
 /// Entries in a connection's subject → subscribers cache.
 const MATCH_CACHE_SIZE: usize = 1024;
-/// A writer buffer larger than this is dropped after use so idle
-/// connections give the memory back.
-const KEEP_BUFFER: usize = 256 * 1024;
+/// A writer buffer larger than this is dropped after a quiet
+/// [`IDLE_SHRINK`], so idle connections give the memory back.
+const KEEP_BUFFER: usize = 64 * 1024;
+/// How long a connection must be quiet before its buffers shrink.
+const IDLE_SHRINK: Duration = Duration::from_secs(1);
+/// A writer buffer larger than this is dropped right after use.
+const MAX_KEEP_BUFFER: usize = 16 * 1024 * 1024;
 
 /// Bytes waiting for a client's writer, with its outbound counters.
 #[derive(Debug, Default)]
@@ -83,6 +93,10 @@ pub(crate) struct Outbound {
     /// Cancelled when the connection is closing, for whatever reason.
     closing: CancellationToken,
     slow: AtomicBool,
+    /// Set when a delivery crossed the stall threshold.
+    stalling: AtomicBool,
+    /// Signalled by the writer when the queue drops to the stall threshold.
+    drained: Notify,
     perms: OnceLock<Arc<ClientPerms>>,
     pub meta: Mutex<ClientMeta>,
     pub in_msgs: AtomicU64,
@@ -125,7 +139,10 @@ impl Outbound {
         self.push(shared, frame.len(), |b| b.extend_from_slice(frame))
     }
 
-    /// Queues a MSG/HMSG frame and counts it.
+    /// Queues a MSG/HMSG frame and counts it. Returns `None` when the
+    /// client is closing (or just became a slow consumer), else whether the
+    /// buffer was empty, i.e. whether the writer must be woken: the caller
+    /// does that once per batch (see `Connection::wake_writers`).
     fn send_msg(
         &self,
         shared: &Shared,
@@ -134,27 +151,38 @@ impl Outbound {
         reply: Option<&[u8]>,
         headers: Option<&[u8]>,
         payload: &[u8],
-    ) -> bool {
+    ) -> Option<bool> {
         let hlen = headers.map_or(0, <[u8]>::len);
-        let len = 48 + subject.len() + sid.len() + reply.map_or(0, <[u8]>::len) + hlen + payload.len();
+        let len =
+            48 + subject.len() + sid.len() + reply.map_or(0, <[u8]>::len) + hlen + payload.len();
         if self.closing.is_cancelled() {
-            return false;
+            return None;
         }
         let mut out = self.out.lock();
         let pending = out.buf.len() + self.in_flight.load(Ordering::Relaxed) + len;
         if pending > self.max_pending {
             drop(out);
-            return self.push(shared, len, |_| {});
+            self.push(shared, len, |_| {});
+            return None;
         }
         let was_empty = out.buf.is_empty();
         format_message(&mut out.buf, subject, sid, reply, headers, payload);
         out.msgs += 1;
         out.bytes += (hlen + payload.len()) as u64;
+        let stall = out.buf.len() + self.in_flight.load(Ordering::Relaxed) > self.max_pending / 2;
         drop(out);
-        if was_empty {
-            self.notify.notify_one();
+        if stall {
+            self.stalling.store(true, Ordering::Relaxed);
         }
-        true
+        Some(was_empty)
+    }
+
+    /// Whether the client has more than half its allowance queued; a
+    /// publisher then waits briefly for it (nats-server stalls producers
+    /// the same way), so a consumer that is merely slower than its
+    /// publisher is not cut off.
+    fn over_stall_threshold(&self) -> bool {
+        self.pending_bytes() > self.max_pending / 2
     }
 
     /// Messages and bytes delivered to this client.
@@ -200,8 +228,8 @@ fn remove_subscription(shared: &Shared, sub: &Arc<Subscription>) {
 }
 
 /// Queues `MSG`/`HMSG` for `sub` and applies the auto-unsubscribe limit and
-/// the receiver's subscribe deny list. Returns whether the message was
-/// queued.
+/// the receiver's subscribe deny list. Returns `None` if nothing was
+/// queued, else whether the receiver's writer needs waking.
 fn deliver(
     shared: &Shared,
     sub: &Arc<Subscription>,
@@ -209,21 +237,21 @@ fn deliver(
     reply: Option<&[u8]>,
     headers: Option<&[u8]>,
     payload: &[u8],
-) -> bool {
+) -> Option<bool> {
     if sub.is_removed() {
-        return false;
+        return None;
     }
     let perms = sub.client.perms.get();
     if let Some(p) = perms {
         if sub.wildcard && p.has_subscribe_deny() && p.delivery_denied(subject) {
-            return false;
+            return None;
         }
     }
     let max = sub.max.load(Ordering::Acquire);
     if max > 0 {
         let count = sub.delivered.fetch_add(1, Ordering::AcqRel) + 1;
         if count > max {
-            return false;
+            return None;
         }
         if count == max {
             remove_subscription(shared, sub);
@@ -242,6 +270,15 @@ fn deliver(
         .send_msg(shared, subject, &sub.sid, reply, headers, payload)
 }
 
+/// Receivers a publisher should wait for, see [`Outbound::over_stall_threshold`].
+fn note_stall(stalled: &mut Vec<Arc<Outbound>>, sub: &Subscription) {
+    if sub.client.stalling.swap(false, Ordering::Relaxed)
+        && !stalled.iter().any(|c| c.cid == sub.client.cid)
+    {
+        stalled.push(sub.client.clone());
+    }
+}
+
 fn format_message(
     buf: &mut BytesMut,
     subject: &[u8],
@@ -251,7 +288,9 @@ fn format_message(
     payload: &[u8],
 ) {
     let hlen = headers.map_or(0, <[u8]>::len);
-    buf.reserve(48 + subject.len() + sid.len() + reply.map_or(0, <[u8]>::len) + hlen + payload.len());
+    buf.reserve(
+        48 + subject.len() + sid.len() + reply.map_or(0, <[u8]>::len) + hlen + payload.len(),
+    );
     buf.put_slice(if headers.is_some() { b"HMSG " } else { b"MSG " });
     buf.put_slice(subject);
     buf.put_u8(b' ');
@@ -305,6 +344,45 @@ fn itoa_buf(mut n: usize) -> Digits {
     }
 }
 
+/// A fast non-cryptographic hash (rustc's Fx) for the per-connection
+/// subject cache. Collisions a client could provoke only slow down that
+/// client's own bounded cache.
+#[derive(Debug, Default, Clone, Copy)]
+struct FxHasher {
+    hash: u64,
+}
+
+impl FxHasher {
+    fn add(&mut self, word: u64) {
+        self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(w));
+        }
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.hash
+    }
+}
+
 /// Unregisters a client from the server when its connection ends.
 struct Registration {
     shared: Arc<Shared>,
@@ -340,6 +418,8 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
         headers: AtomicBool::new(false),
         closing: shared.shutdown.child_token(),
         slow: AtomicBool::new(false),
+        stalling: AtomicBool::new(false),
+        drained: Notify::new(),
         perms: OnceLock::new(),
         meta: Mutex::new(ClientMeta::default()),
         in_msgs: AtomicU64::new(0),
@@ -434,20 +514,24 @@ async fn run<R, W>(
     parser.set_headers_allowed(false);
     let authenticated = !shared.config.authorization.is_required();
     let conn = Connection {
-        parser,
+        headers_change: None,
         cid: out.cid,
         peer,
         out,
         opts: ConnectOptions::default(),
         subs: HashMap::new(),
         pings_out: 0,
+        got_pong: false,
         authenticated,
         perms: None,
-        cache: HashMap::new(),
+        cache: HashMap::default(),
         cache_generation: 0,
+        stalled: Vec::new(),
+        wake: Vec::new(),
+        counts: BatchCounts::default(),
         shared,
     };
-    conn.read_loop(rd).await;
+    conn.read_loop(rd, parser).await;
     let _ = writer.await;
     drop(registration);
 }
@@ -457,32 +541,57 @@ struct Connection {
     cid: u64,
     peer: SocketAddr,
     out: Arc<Outbound>,
-    parser: Parser,
+    /// Set by CONNECT, applied to the parser before the next operation.
+    headers_change: Option<bool>,
     /// nats-server's defaults until CONNECT arrives.
     opts: ConnectOptions,
     /// This client's subscriptions by sid.
     subs: HashMap<Bytes, Arc<Subscription>>,
     pings_out: u32,
+    /// Whether the client ever answered a PING (nats-server then knows the
+    /// round trip and delays PINGs while the client is active).
+    got_pong: bool,
     authenticated: bool,
     perms: Option<Arc<ClientPerms>>,
     /// Subject → subscribers, valid while the sublist generation is
     /// `cache_generation`.
-    cache: HashMap<Bytes, Arc<SublistResult<Subscription>>>,
+    cache: HashMap<Bytes, Arc<SublistResult<Subscription>>, BuildHasherDefault<FxHasher>>,
     cache_generation: u64,
+    /// Receivers over their stall threshold after the last batch.
+    stalled: Vec<Arc<Outbound>>,
+    /// Receivers whose writers must be woken at the end of the batch.
+    wake: Vec<Arc<Outbound>>,
+    /// Counters gathered during a batch, published after it.
+    counts: BatchCounts,
+}
+
+/// Message counters of one read batch.
+#[derive(Debug, Default)]
+struct BatchCounts {
+    in_msgs: u64,
+    in_bytes: u64,
+    out_msgs: u64,
+    out_bytes: u64,
 }
 
 impl Connection {
-    async fn read_loop<R: AsyncRead + Unpin>(mut self, mut rd: R) {
+    async fn read_loop<R: AsyncRead + Unpin>(mut self, mut rd: R, mut parser: Parser) {
+        // nats-server's timing: a first PING after min(interval, 2 s) plus
+        // up to 20% jitter (it measures the round trip), then one per
+        // interval, skipped while the client keeps sending.
         let interval = self.shared.config.ping_interval;
-        let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
-        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let first = interval.min(FIRST_PING);
+        let jitter = rand::thread_rng().gen_range(0..=first.as_millis() as u64 / 5);
+        let ping = tokio::time::sleep(first + Duration::from_millis(jitter));
+        tokio::pin!(ping);
+        let mut last_in = Instant::now();
         let auth_deadline = tokio::time::sleep(self.shared.config.auth_timeout);
         tokio::pin!(auth_deadline);
         let closing = self.out.closing.clone();
         let mut read_size = MIN_READ;
 
         let reason: String = loop {
-            let buf = self.parser.buffer_mut();
+            let buf = parser.buffer_mut();
             if buf.capacity() - buf.len() < read_size / 2 {
                 buf.reserve(read_size);
             }
@@ -493,7 +602,12 @@ impl Connection {
                     self.send_error(&ProtocolError::AuthenticationTimeout);
                     break "authentication timeout".into();
                 }
-                _ = ping.tick() => {
+                _ = &mut ping => {
+                    let now = Instant::now();
+                    ping.as_mut().reset(now + interval);
+                    if self.got_pong && now.duration_since(last_in) < interval {
+                        continue;
+                    }
                     if self.pings_out + 1 > self.shared.config.max_pings_out {
                         self.send_error(&ProtocolError::StaleConnection);
                         break "stale connection".into();
@@ -501,9 +615,10 @@ impl Connection {
                     self.pings_out += 1;
                     self.out.send_bytes(&self.shared, b"PING\r\n");
                 }
-                read = rd.read_buf(self.parser.buffer_mut()) => match read {
+                read = rd.read_buf(parser.buffer_mut()) => match read {
                     Ok(0) => break "client closed connection".into(),
                     Ok(n) => {
+                        last_in = Instant::now();
                         // Grow the buffer for busy clients, shrink it back
                         // for quiet ones.
                         if n >= read_size && read_size < MAX_READ {
@@ -511,11 +626,16 @@ impl Connection {
                         } else if n < read_size / 4 && read_size > MIN_READ {
                             read_size /= 2;
                         }
-                        if let Err(e) = self.process() {
+                        let processed = self.process(&mut parser);
+                        self.end_batch();
+                        if let Err(e) = processed {
                             if e.sends_error() {
                                 self.send_error(&e);
                             }
                             break format!("protocol error: {e}");
+                        }
+                        if !self.stalled.is_empty() {
+                            self.wait_for_stalled().await;
                         }
                     }
                     Err(e) => break format!("read error: {e}"),
@@ -531,11 +651,58 @@ impl Connection {
         debug!(cid = self.cid, peer = %self.peer, ?name, "Client connection closed: {reason}");
     }
 
+    /// Wakes the writers of the receivers this batch filled and publishes
+    /// the batch's counters: one wake-up and a few atomic additions per
+    /// read instead of per message, so writes go out in large chunks.
+    fn end_batch(&mut self) {
+        for client in self.wake.drain(..) {
+            client.notify.notify_one();
+        }
+        let c = std::mem::take(&mut self.counts);
+        if c.in_msgs > 0 {
+            let stats = &self.shared.stats;
+            self.out.in_msgs.fetch_add(c.in_msgs, Ordering::Relaxed);
+            self.out.in_bytes.fetch_add(c.in_bytes, Ordering::Relaxed);
+            stats.in_msgs.fetch_add(c.in_msgs, Ordering::Relaxed);
+            stats.in_bytes.fetch_add(c.in_bytes, Ordering::Relaxed);
+            stats.out_msgs.fetch_add(c.out_msgs, Ordering::Relaxed);
+            stats.out_bytes.fetch_add(c.out_bytes, Ordering::Relaxed);
+        }
+    }
+
+    /// Waits (bounded) until the receivers this publisher filled past their
+    /// stall threshold drained below it, or closed.
+    async fn wait_for_stalled(&mut self) {
+        let deadline = Instant::now() + MAX_STALL;
+        for client in std::mem::take(&mut self.stalled) {
+            loop {
+                let drained = client.drained.notified();
+                tokio::pin!(drained);
+                drained.as_mut().enable();
+                if !client.over_stall_threshold() || client.closing.is_cancelled() {
+                    break;
+                }
+                tokio::select! {
+                    _ = drained => {}
+                    _ = client.closing.cancelled() => break,
+                    _ = tokio::time::sleep_until(deadline) => return,
+                }
+            }
+        }
+    }
+
     /// Handles every complete operation in the buffer. Returns the error
     /// that must close the connection, if any.
-    fn process(&mut self) -> Result<(), ProtocolError> {
-        while let Some(op) = self.parser.next_op()? {
-            if let Err(e) = self.handle(op) {
+    fn process(&mut self, parser: &mut Parser) -> Result<(), ProtocolError> {
+        while let Some(op) = parser.next_op_ref()? {
+            let handled = match op {
+                OpRef::Pub(p) => self.handle_pub(p),
+                OpRef::Op(op) => self.handle(op),
+            };
+            if let Some(allowed) = self.headers_change.take() {
+                parser.set_headers_allowed(allowed);
+            }
+            if let Err(e) = handled {
                 if e.closes_connection() {
                     return Err(e);
                 }
@@ -543,6 +710,14 @@ impl Connection {
             }
         }
         Ok(())
+    }
+
+    fn handle_pub(&mut self, p: PubRef<'_>) -> Result<(), ProtocolError> {
+        trace!(cid = self.cid, op = ?p, "<<-");
+        if !self.authenticated {
+            return Err(ProtocolError::AuthorizationViolation);
+        }
+        self.publish(p.subject, p.reply, p.headers, p.payload)
     }
 
     fn send_error(&self, e: &ProtocolError) {
@@ -558,8 +733,7 @@ impl Connection {
             }
             _ => debug!(cid = self.cid, "-ERR '{}' ({e})", e.server_message()),
         }
-        self.out
-            .send_bytes(&self.shared, e.to_wire().as_bytes());
+        self.out.send_bytes(&self.shared, e.to_wire().as_bytes());
     }
 
     fn ok(&self) {
@@ -577,7 +751,10 @@ impl Connection {
             ClientOp::Ping => {
                 self.out.send_bytes(&self.shared, b"PONG\r\n");
             }
-            ClientOp::Pong => self.pings_out = 0,
+            ClientOp::Pong => {
+                self.pings_out = 0;
+                self.got_pong = true;
+            }
             ClientOp::Connect(opts) => self.connect(*opts)?,
             ClientOp::Sub {
                 subject,
@@ -589,13 +766,13 @@ impl Connection {
                 subject,
                 reply,
                 payload,
-            } => self.publish(subject, reply.as_deref(), None, &payload)?,
+            } => self.publish(&subject, reply.as_deref(), None, &payload)?,
             ClientOp::Hpub {
                 subject,
                 reply,
                 headers,
                 payload,
-            } => self.publish(subject, reply.as_deref(), Some(&headers), &payload)?,
+            } => self.publish(&subject, reply.as_deref(), Some(&headers), &payload)?,
         }
         Ok(())
     }
@@ -625,7 +802,7 @@ impl Connection {
             return Err(ProtocolError::NoRespondersRequiresHeaders);
         }
         self.out.headers.store(opts.headers, Ordering::Relaxed);
-        self.parser.set_headers_allowed(opts.headers);
+        self.headers_change = Some(opts.headers);
         {
             let mut meta = self.out.meta.lock();
             meta.name.clone_from(&opts.name);
@@ -701,7 +878,7 @@ impl Connection {
 
     /// The subscriptions matching `subject`, from the cache while no
     /// subscription changed anywhere.
-    fn lookup(&mut self, subject: &Bytes) -> Arc<SublistResult<Subscription>> {
+    fn lookup(&mut self, subject: &[u8]) -> Arc<SublistResult<Subscription>> {
         let generation = self.shared.generation();
         if generation != self.cache_generation {
             self.cache.clear();
@@ -715,41 +892,42 @@ impl Connection {
             if self.cache.len() >= MATCH_CACHE_SIZE {
                 self.cache.clear();
             }
-            self.cache.insert(subject.clone(), result.clone());
+            self.cache
+                .insert(Bytes::copy_from_slice(subject), result.clone());
         }
         result
     }
 
     fn publish(
         &mut self,
-        subject: Bytes,
+        subject: &[u8],
         reply: Option<&[u8]>,
         headers: Option<&[u8]>,
         payload: &[u8],
     ) -> Result<(), ProtocolError> {
         let size = (headers.map_or(0, <[u8]>::len) + payload.len()) as u64;
-        self.out.in_msgs.fetch_add(1, Ordering::Relaxed);
-        self.out.in_bytes.fetch_add(size, Ordering::Relaxed);
-        self.shared.stats.in_msgs.fetch_add(1, Ordering::Relaxed);
-        self.shared.stats.in_bytes.fetch_add(size, Ordering::Relaxed);
+        self.counts.in_msgs += 1;
+        self.counts.in_bytes += size;
 
+        // nats-server checks the subject only for pedantic clients (the
+        // default), when the control line arrives, and then still routes
+        // the message (a wildcard token matches like a literal one).
+        if self.opts.pedantic && !is_valid_publish_subject(subject) {
+            self.send_error(&ProtocolError::InvalidPublishSubject);
+        }
         if let Some(p) = &self.perms {
-            if p.restricts_publish() && !p.can_publish(&subject) {
+            if p.restricts_publish() && !p.can_publish(subject) {
                 return Err(ProtocolError::PublishViolation(
-                    String::from_utf8_lossy(&subject).into_owned(),
+                    String::from_utf8_lossy(subject).into_owned(),
                 ));
             }
         }
-        // nats-server checks the subject only for pedantic clients (the
-        // default), drops the message and still acknowledges it.
-        if self.opts.pedantic && !is_valid_publish_subject(&subject) {
-            self.send_error(&ProtocolError::InvalidPublishSubject);
-            self.ok();
-            return Ok(());
-        }
-        let result = self.lookup(&subject);
+        // The acknowledgement precedes the deliveries, as in nats-server.
+        self.ok();
+        // A header block of zero bytes is no header block.
+        let headers = headers.filter(|h| !h.is_empty());
+        let result = self.lookup(subject);
         let shared = &*self.shared;
-        let stats = &shared.stats;
         let echo = self.opts.echo;
         let cid = self.cid;
         let own = |sub: &Arc<Subscription>| sub.client.cid == cid;
@@ -759,8 +937,12 @@ impl Connection {
             if !echo && own(sub) {
                 continue;
             }
-            if deliver(shared, sub, &subject, reply, headers, payload) {
+            if let Some(wake) = deliver(shared, sub, subject, reply, headers, payload) {
                 delivered += 1;
+                if wake {
+                    self.wake.push(sub.client.clone());
+                }
+                note_stall(&mut self.stalled, sub);
             }
         }
         for group in &result.qsubs {
@@ -777,21 +959,24 @@ impl Connection {
                 if !echo && own(sub) {
                     continue;
                 }
-                if deliver(shared, sub, &subject, reply, headers, payload) {
+                if let Some(wake) = deliver(shared, sub, subject, reply, headers, payload) {
                     delivered += 1;
+                    if wake {
+                        self.wake.push(sub.client.clone());
+                    }
+                    note_stall(&mut self.stalled, sub);
                     break;
                 }
             }
         }
         if delivered > 0 {
-            stats.out_msgs.fetch_add(delivered, Ordering::Relaxed);
-            stats.out_bytes.fetch_add(delivered * size, Ordering::Relaxed);
+            self.counts.out_msgs += delivered;
+            self.counts.out_bytes += delivered * size;
         } else if self.opts.no_responders {
             if let Some(reply) = reply {
                 self.no_responders(reply);
             }
         }
-        self.ok();
         Ok(())
     }
 
@@ -806,14 +991,17 @@ impl Connection {
             .chain(result.qsubs.iter().flat_map(|g| g.members.iter()))
             .find(|s| s.client.cid == self.cid);
         if let Some(sub) = sub {
-            deliver(
+            if deliver(
                 &self.shared,
                 sub,
                 reply,
                 None,
                 Some(NO_RESPONDERS_HEADER),
                 b"",
-            );
+            ) == Some(true)
+            {
+                sub.client.notify.notify_one();
+            }
         }
     }
 }
@@ -826,10 +1014,21 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 ) {
     let mut spare = BytesMut::new();
     'outer: loop {
+        // Buffers grown by a burst are kept while traffic flows (no
+        // reallocation per batch) and given back after a quiet second.
+        let big = spare.capacity() > KEEP_BUFFER || out.out.lock().buf.capacity() > KEEP_BUFFER;
         tokio::select! {
             biased;
             _ = out.closing.cancelled() => break,
             _ = out.notify.notified() => {}
+            _ = tokio::time::sleep(IDLE_SHRINK), if big => {
+                spare = BytesMut::new();
+                let mut o = out.out.lock();
+                if o.buf.is_empty() {
+                    o.buf = BytesMut::new();
+                }
+                continue;
+            }
         }
         loop {
             {
@@ -863,15 +1062,11 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 }
             }
             out.in_flight.store(0, Ordering::Relaxed);
+            out.drained.notify_waiters();
             spare.clear();
-            if spare.capacity() > KEEP_BUFFER {
+            if spare.capacity() > MAX_KEEP_BUFFER {
                 spare = BytesMut::new();
             }
-        }
-        // Give memory back once the client is quiet.
-        let mut o = out.out.lock();
-        if o.buf.is_empty() && o.buf.capacity() > KEEP_BUFFER {
-            o.buf = BytesMut::new();
         }
     }
 
@@ -914,7 +1109,10 @@ mod tests {
 
     #[test]
     fn message_frames() {
-        assert_eq!(frame(b"foo", b"1", None, None, b"hi"), b"MSG foo 1 2\r\nhi\r\n");
+        assert_eq!(
+            frame(b"foo", b"1", None, None, b"hi"),
+            b"MSG foo 1 2\r\nhi\r\n"
+        );
         assert_eq!(
             frame(b"foo", b"1", Some(b"r.x"), None, b""),
             b"MSG foo 1 r.x 0\r\n\r\n"

@@ -138,9 +138,7 @@ impl ProtocolError {
                 "Parser Error"
             }
             ProtocolError::BadClientProtocol => "invalid client protocol",
-            ProtocolError::NoRespondersRequiresHeaders => {
-                "no responders requires headers support"
-            }
+            ProtocolError::NoRespondersRequiresHeaders => "no responders requires headers support",
             ProtocolError::HeadersNotSupported => "message headers not supported",
             ProtocolError::InvalidSubject => "Invalid Subject",
             ProtocolError::InvalidPublishSubject => "Invalid Publish Subject",
@@ -150,9 +148,7 @@ impl ProtocolError {
                 return Cow::Owned(format!("Permissions Violation for Publish to \"{s}\""));
             }
             ProtocolError::SubscriptionViolation(s) => {
-                return Cow::Owned(format!(
-                    "Permissions Violation for Subscription to \"{s}\""
-                ));
+                return Cow::Owned(format!("Permissions Violation for Subscription to \"{s}\""));
             }
             ProtocolError::MaxConnections => "maximum connections exceeded",
             ProtocolError::StaleConnection => "Stale Connection",
@@ -184,7 +180,13 @@ mod tests {
             ProtocolError::PublishViolation("a.b".into()).to_wire(),
             "-ERR 'Permissions Violation for Publish to \"a.b\"'\r\n"
         );
-        assert!(!ProtocolError::InvalidArguments { op: "PUB", detail: String::new() }.sends_error());
+        assert!(
+            !ProtocolError::InvalidArguments {
+                op: "PUB",
+                detail: String::new()
+            }
+            .sends_error()
+        );
         assert!(!ProtocolError::InvalidSubject.closes_connection());
         assert!(
             ProtocolError::MaxControlLine {

@@ -50,7 +50,9 @@ pub struct Varz {
     pub tls_timeout: f64,
     /// Nanoseconds.
     pub write_deadline: u128,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub auth_required: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub tls_required: bool,
     pub start: String,
     pub now: String,
@@ -208,8 +210,8 @@ pub async fn serve(listener: TcpListener, monitor: Monitor, shutdown: Cancellati
             Ok((stream, _)) => {
                 let monitor = monitor.clone();
                 tokio::spawn(async move {
-                    let _ =
-                        tokio::time::timeout(Duration::from_secs(10), handle(stream, monitor)).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(10), handle(stream, monitor))
+                        .await;
                 });
             }
             Err(e) => {
@@ -243,7 +245,10 @@ async fn handle(mut stream: TcpStream, monitor: Monitor) -> std::io::Result<()> 
             .and_then(|(_, v)| v.parse().ok())
     };
     let (status, body) = if method != "GET" && method != "HEAD" {
-        ("405 Method Not Allowed", "{\"error\":\"method not allowed\"}".to_string())
+        (
+            "405 Method Not Allowed",
+            "{\"error\":\"method not allowed\"}".to_string(),
+        )
     } else {
         match path.trim_end_matches('/') {
             "/healthz" => ("200 OK", "{\"status\":\"ok\"}".to_string()),

@@ -17,7 +17,7 @@
 //! its first bytes show it is unknown. Every parser error is fatal to the
 //! connection; after one, the parser keeps returning it.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 
 use crate::error::ProtocolError;
@@ -301,28 +301,72 @@ fn identify(line: &[u8]) -> Option<(OpKind, usize)> {
 
 const MAX_ARGS: usize = 4;
 
+/// Splits `line[from..]` on spaces and tabs into at most [`MAX_ARGS`]
+/// ranges. Returns `None` when there are more.
+fn split_ranges(line: &[u8], from: usize) -> Option<([(usize, usize); MAX_ARGS], usize)> {
+    let mut out = [(0, 0); MAX_ARGS];
+    let mut n = 0;
+    let mut i = from;
+    let len = line.len();
+    while i < len {
+        while i < len && is_space(line[i]) {
+            i += 1;
+        }
+        if i == len {
+            break;
+        }
+        let start = i;
+        while i < len && !is_space(line[i]) {
+            i += 1;
+        }
+        if n == MAX_ARGS {
+            return None;
+        }
+        out[n] = (start, i);
+        n += 1;
+    }
+    Some((out, n))
+}
+
+/// Arguments of a control line, without allocating.
+struct Args {
+    items: [Bytes; MAX_ARGS],
+    len: usize,
+}
+
+impl Args {
+    fn as_slice(&self) -> &[Bytes] {
+        &self.items[..self.len]
+    }
+}
+
 /// Splits `line[from..]` on spaces and tabs into at most [`MAX_ARGS`] slices.
 /// Returns `None` when there are more.
-fn split_args(line: &Bytes, from: usize) -> Option<Vec<Bytes>> {
-    let mut args = Vec::with_capacity(MAX_ARGS);
+fn split_args(line: &Bytes, from: usize) -> Option<Args> {
+    let mut args = Args {
+        items: [Bytes::new(), Bytes::new(), Bytes::new(), Bytes::new()],
+        len: 0,
+    };
     let mut start: Option<usize> = None;
     for (i, b) in line.iter().enumerate().skip(from) {
         if is_space(*b) {
             if let Some(s) = start.take() {
-                if args.len() == MAX_ARGS {
+                if args.len == MAX_ARGS {
                     return None;
                 }
-                args.push(line.slice(s..i));
+                args.items[args.len] = line.slice(s..i);
+                args.len += 1;
             }
         } else if start.is_none() {
             start = Some(i);
         }
     }
     if let Some(s) = start {
-        if args.len() == MAX_ARGS {
+        if args.len == MAX_ARGS {
             return None;
         }
-        args.push(line.slice(s..));
+        args.items[args.len] = line.slice(s..);
+        args.len += 1;
     }
     Some(args)
 }
@@ -353,8 +397,12 @@ fn invalid(op: &'static str, line: &[u8]) -> ProtocolError {
 /// A PUB/HPUB whose control line was read and whose body is awaited.
 #[derive(Debug)]
 struct PendingMessage {
-    subject: Bytes,
-    reply: Option<Bytes>,
+    /// Length of the control line with its line ending; the line stays at
+    /// the front of the buffer until the body is complete, so the whole
+    /// frame is cut out at once.
+    line_len: usize,
+    subject: (usize, usize),
+    reply: Option<(usize, usize)>,
     /// `Some` for HPUB.
     header_len: Option<usize>,
     total_len: usize,
@@ -385,6 +433,55 @@ pub struct Parser {
     scanned: usize,
     /// Whether HPUB is accepted (the client declared `headers`).
     headers_allowed: bool,
+    /// Bytes of the last message handed out by reference, dropped from the
+    /// buffer on the next call.
+    consume: usize,
+}
+
+/// A PUB or HPUB borrowed from the parser's buffer (see
+/// [`Parser::next_op_ref`]): no allocation and no reference counting on
+/// the publish path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PubRef<'a> {
+    /// Subject, not yet validated.
+    pub subject: &'a [u8],
+    /// Reply subject, not yet validated.
+    pub reply: Option<&'a [u8]>,
+    /// Header block, `Some` for HPUB.
+    pub headers: Option<&'a [u8]>,
+    /// Message body after the header block.
+    pub payload: &'a [u8],
+}
+
+impl PubRef<'_> {
+    /// The owned operation ([`ClientOp::Pub`] or [`ClientOp::Hpub`]).
+    pub fn to_op(&self) -> ClientOp {
+        let subject = Bytes::copy_from_slice(self.subject);
+        let reply = self.reply.map(Bytes::copy_from_slice);
+        let payload = Bytes::copy_from_slice(self.payload);
+        match self.headers {
+            None => ClientOp::Pub {
+                subject,
+                reply,
+                payload,
+            },
+            Some(h) => ClientOp::Hpub {
+                subject,
+                reply,
+                headers: Bytes::copy_from_slice(h),
+                payload,
+            },
+        }
+    }
+}
+
+/// An operation from [`Parser::next_op_ref`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpRef<'a> {
+    /// A message, borrowed.
+    Pub(PubRef<'a>),
+    /// Any other operation, owned.
+    Op(ClientOp),
 }
 
 impl Parser {
@@ -396,6 +493,7 @@ impl Parser {
             state: State::ControlLine,
             scanned: 0,
             headers_allowed: true,
+            consume: 0,
         }
     }
 
@@ -418,45 +516,82 @@ impl Parser {
         self.limits
     }
 
+    fn apply_consume(&mut self) {
+        if self.consume > 0 {
+            let n = self.consume.min(self.buf.len());
+            bytes::Buf::advance(&mut self.buf, n);
+            self.consume = 0;
+        }
+    }
+
     /// Appends a chunk of input.
     pub fn feed(&mut self, chunk: &[u8]) {
+        self.apply_consume();
         self.buf.extend_from_slice(chunk);
     }
 
     /// The input buffer, for reading from a socket straight into it. Only
     /// append to it: removing bytes desynchronises the parser.
     pub fn buffer_mut(&mut self) -> &mut BytesMut {
+        self.apply_consume();
         &mut self.buf
     }
 
     /// Bytes received but not yet consumed by a complete operation.
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.consume.min(self.buf.len())
     }
 
     /// The next complete operation, `Ok(None)` when more input is needed.
     pub fn next_op(&mut self) -> Result<Option<ClientOp>, ProtocolError> {
+        Ok(match self.next_op_ref()? {
+            None => None,
+            Some(OpRef::Op(op)) => Some(op),
+            Some(OpRef::Pub(p)) => Some(p.to_op()),
+        })
+    }
+
+    /// Like [`Parser::next_op`], with messages borrowed from the buffer;
+    /// they are dropped from it on the next call.
+    pub fn next_op_ref(&mut self) -> Result<Option<OpRef<'_>>, ProtocolError> {
+        self.apply_consume();
         loop {
             match &self.state {
                 State::Failed(e) => return Err(e.clone()),
                 State::ControlLine => match self.control_line() {
                     Ok(None) => return Ok(None),
-                    Ok(Some(LineOutcome::Op(op))) => return Ok(Some(op)),
+                    Ok(Some(LineOutcome::Op(op))) => return Ok(Some(OpRef::Op(op))),
                     Ok(Some(LineOutcome::Body(pending))) => self.state = State::Body(pending),
                     Ok(Some(LineOutcome::Nothing)) => {}
                     Err(e) => return Err(self.fail(e)),
                 },
-                State::Body(_) => match self.body() {
-                    Ok(op) => return Ok(op),
+                State::Body(_) => match self.body_complete() {
+                    Ok(false) => return Ok(None),
+                    Ok(true) => break,
                     Err(e) => return Err(self.fail(e)),
                 },
             }
         }
+        let State::Body(p) = std::mem::replace(&mut self.state, State::ControlLine) else {
+            return Ok(None);
+        };
+        let start = p.line_len;
+        let n = p.total_len;
+        self.consume = start + n + 2;
+        let buf = &self.buf[..];
+        let h = p.header_len.unwrap_or(0);
+        Ok(Some(OpRef::Pub(PubRef {
+            subject: &buf[p.subject.0..p.subject.1],
+            reply: p.reply.map(|(a, b)| &buf[a..b]),
+            headers: p.header_len.map(|h| &buf[start..start + h]),
+            payload: &buf[start + h..start + n],
+        })))
     }
 
     fn fail(&mut self, e: ProtocolError) -> ProtocolError {
         self.state = State::Failed(e.clone());
         self.buf.clear();
+        self.consume = 0;
         e
     }
 
@@ -480,14 +615,16 @@ impl Parser {
         };
         let end = self.scanned + pos;
         self.scanned = 0;
-        let mut line = self.buf.split_to(end + 1).freeze();
-        line.truncate(end);
-        if line.last() == Some(&b'\r') {
-            line.truncate(end - 1);
-        }
+        let line_end = if end > 0 && self.buf[end - 1] == b'\r' {
+            end - 1
+        } else {
+            end
+        };
+        let line = &self.buf[..line_end];
         // Same order of checks as for an incomplete line, so the error does
         // not depend on how the input was split.
-        if !prefix_is_possible(&line) {
+        let id = identify(line);
+        if id.is_none() && !prefix_is_possible(line) {
             return Err(ProtocolError::UnknownOperation);
         }
         if line.len() > max {
@@ -496,7 +633,58 @@ impl Parser {
                 max,
             });
         }
-        self.parse_line(line).map(Some)
+        match id {
+            // The hot path: nothing is cut out of the buffer before the
+            // body is complete.
+            Some((OpKind::Pub, name_len)) => {
+                let invalid_pub = || invalid("PUB", line);
+                let (r, n) = split_ranges(line, name_len).ok_or_else(invalid_pub)?;
+                let (subject, reply, size) = match n {
+                    2 => (r[0], None, r[1]),
+                    3 => (r[0], Some(r[1]), r[2]),
+                    _ => return Err(invalid_pub()),
+                };
+                let size = parse_size(&line[size.0..size.1]).ok_or_else(invalid_pub)?;
+                self.check_payload(size)?;
+                Ok(Some(LineOutcome::Body(PendingMessage {
+                    line_len: end + 1,
+                    subject,
+                    reply,
+                    header_len: None,
+                    total_len: size,
+                })))
+            }
+            Some((OpKind::Hpub, name_len)) => {
+                if !self.headers_allowed {
+                    return Err(ProtocolError::HeadersNotSupported);
+                }
+                let invalid_hpub = || invalid("HPUB", line);
+                let (r, n) = split_ranges(line, name_len).ok_or_else(invalid_hpub)?;
+                let (subject, reply, hdr, total) = match n {
+                    3 => (r[0], None, r[1], r[2]),
+                    4 => (r[0], Some(r[1]), r[2], r[3]),
+                    _ => return Err(invalid_hpub()),
+                };
+                let hdr = parse_size(&line[hdr.0..hdr.1]).ok_or_else(invalid_hpub)?;
+                let total = parse_size(&line[total.0..total.1]).ok_or_else(invalid_hpub)?;
+                self.check_payload(total)?;
+                if hdr > total {
+                    return Err(invalid_hpub());
+                }
+                Ok(Some(LineOutcome::Body(PendingMessage {
+                    line_len: end + 1,
+                    subject,
+                    reply,
+                    header_len: Some(hdr),
+                    total_len: total,
+                })))
+            }
+            _ => {
+                let mut line = self.buf.split_to(end + 1).freeze();
+                line.truncate(line_end);
+                self.parse_line(line).map(Some)
+            }
+        }
     }
 
     fn parse_line(&self, line: Bytes) -> Result<LineOutcome, ProtocolError> {
@@ -512,7 +700,10 @@ impl Parser {
             OpKind::Ok => Ok(LineOutcome::Nothing),
             OpKind::Info => {
                 let json = &line[name_len..];
-                let start = json.iter().position(|b| !is_space(*b)).unwrap_or(json.len());
+                let start = json
+                    .iter()
+                    .position(|b| !is_space(*b))
+                    .unwrap_or(json.len());
                 serde_json::from_slice::<serde_json::Value>(&json[start..])
                     .map(|_| LineOutcome::Nothing)
                     .map_err(|_| invalid("INFO", &line))
@@ -527,45 +718,8 @@ impl Parser {
                     .map(|o| LineOutcome::Op(ClientOp::Connect(Box::new(o.into()))))
                     .map_err(|e| ProtocolError::InvalidConnect(e.to_string()))
             }
-            OpKind::Pub => {
-                let args = split_args(&line, name_len).ok_or_else(|| invalid("PUB", &line))?;
-                let (subject, reply, size) = match args.as_slice() {
-                    [s, n] => (s.clone(), None, n),
-                    [s, r, n] => (s.clone(), Some(r.clone()), n),
-                    _ => return Err(invalid("PUB", &line)),
-                };
-                let size = parse_size(size).ok_or_else(|| invalid("PUB", &line))?;
-                self.check_payload(size)?;
-                Ok(LineOutcome::Body(PendingMessage {
-                    subject,
-                    reply,
-                    header_len: None,
-                    total_len: size,
-                }))
-            }
-            OpKind::Hpub => {
-                if !self.headers_allowed {
-                    return Err(ProtocolError::HeadersNotSupported);
-                }
-                let args = split_args(&line, name_len).ok_or_else(|| invalid("HPUB", &line))?;
-                let (subject, reply, hdr, total) = match args.as_slice() {
-                    [s, h, t] => (s.clone(), None, h, t),
-                    [s, r, h, t] => (s.clone(), Some(r.clone()), h, t),
-                    _ => return Err(invalid("HPUB", &line)),
-                };
-                let hdr = parse_size(hdr).ok_or_else(|| invalid("HPUB", &line))?;
-                let total = parse_size(total).ok_or_else(|| invalid("HPUB", &line))?;
-                self.check_payload(total)?;
-                if hdr > total {
-                    return Err(invalid("HPUB", &line));
-                }
-                Ok(LineOutcome::Body(PendingMessage {
-                    subject,
-                    reply,
-                    header_len: Some(hdr),
-                    total_len: total,
-                }))
-            }
+            // Handled in `control_line` without cutting the line out.
+            OpKind::Pub | OpKind::Hpub => Err(ProtocolError::UnknownOperation),
             OpKind::Sub => {
                 let args = split_args(&line, name_len).ok_or_else(|| invalid("SUB", &line))?;
                 let (subject, queue, sid) = match args.as_slice() {
@@ -603,40 +757,23 @@ impl Parser {
         Ok(())
     }
 
-    fn body(&mut self) -> Result<Option<ClientOp>, ProtocolError> {
+    /// Whether the awaited body and its CRLF are all in the buffer.
+    fn body_complete(&self) -> Result<bool, ProtocolError> {
         let State::Body(pending) = &self.state else {
-            return Ok(None);
+            return Ok(false);
         };
+        let start = pending.line_len;
         let n = pending.total_len;
         // The body must be followed by exactly CRLF (nats-server tolerates a
         // bare LF after control lines, not after bodies).
-        let terminator = match self.buf.get(n..n + 2) {
-            Some(b"\r\n") => 2,
-            Some(_) => return Err(ProtocolError::UnknownOperation),
-            None => match self.buf.get(n) {
-                None | Some(b'\r') => return Ok(None),
-                Some(_) => return Err(ProtocolError::UnknownOperation),
+        match self.buf.get(start + n..start + n + 2) {
+            Some(b"\r\n") => Ok(true),
+            Some(_) => Err(ProtocolError::UnknownOperation),
+            None => match self.buf.get(start + n) {
+                None | Some(b'\r') => Ok(false),
+                Some(_) => Err(ProtocolError::UnknownOperation),
             },
-        };
-        let State::Body(pending) = std::mem::replace(&mut self.state, State::ControlLine) else {
-            return Ok(None);
-        };
-        let body = self.buf.split_to(n).freeze();
-        self.buf.advance(terminator);
-        let op = match pending.header_len {
-            None => ClientOp::Pub {
-                subject: pending.subject,
-                reply: pending.reply,
-                payload: body,
-            },
-            Some(h) => ClientOp::Hpub {
-                subject: pending.subject,
-                reply: pending.reply,
-                headers: body.slice(..h),
-                payload: body.slice(h..),
-            },
-        };
-        Ok(Some(op))
+        }
     }
 }
 
@@ -912,7 +1049,13 @@ mod tests {
             panic!("not a connect")
         };
         assert!(o.verbose && o.echo);
-        assert_eq!(ops[1], ClientOp::Unsub { sid: b("1"), max: None });
+        assert_eq!(
+            ops[1],
+            ClientOp::Unsub {
+                sid: b("1"),
+                max: None
+            }
+        );
         assert!(matches!(
             parse_err(ParserLimits::default(), b"CONNECT {} x\r\n"),
             ProtocolError::InvalidConnect(_)

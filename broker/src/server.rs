@@ -1,10 +1,10 @@
 //! The tokio edge: the listener, the shared server state and the handle
 //! returned to the embedding application.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use parking_lot::{Mutex, RwLock};
@@ -22,7 +22,6 @@ use crate::monitoring::Monitor;
 use crate::parser::{DEFAULT_MAX_CONTROL_LINE, DEFAULT_MAX_PAYLOAD, ParserLimits};
 use crate::sublist::{Sublist, SublistError, SublistResult};
 use crate::tls::TlsConfig;
-
 
 /// The nats-server version we announce in INFO.
 ///

@@ -190,10 +190,11 @@ impl<T> Sublist<T> {
             psubs: Vec::new(),
             qsubs: Vec::new(),
         };
-        if subject.is_empty() {
+        let toks = split(subject);
+        // Like nats-server: a subject with an empty token matches nothing.
+        if toks.iter().any(|t| t.is_empty()) {
             return result;
         }
-        let toks = split(subject);
         match_level(&self.root, &toks, &mut result);
         result
     }

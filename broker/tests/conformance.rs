@@ -8,7 +8,8 @@
 //! `version` and `client_id`); runs of consecutive MSG/HMSG frames are
 //! ordered by sid, keeping each sid's own order, because nats-server's
 //! delivery order across subscriptions of one connection is not defined
-//! (it iterates Go maps).
+//! (it iterates Go maps); server PINGs are left out unless the test sets
+//! the ping interval (the first one comes after a random 2 to 2.4 s).
 //!
 //! nats-server is required: a missing binary fails the test.
 
@@ -90,7 +91,7 @@ fn count(hay: &[u8], needle: &[u8]) -> usize {
 
 /// Runs `steps` against `addr` and returns one normalised transcript per
 /// connection.
-async fn run_script(addr: SocketAddr, steps: &[Step]) -> Vec<String> {
+async fn run_script(addr: SocketAddr, steps: &[Step], keep_pings: bool) -> Vec<String> {
     let mut conns: Vec<Conn> = Vec::new();
     for step in steps {
         match step {
@@ -112,11 +113,8 @@ async fn run_script(addr: SocketAddr, steps: &[Step]) -> Vec<String> {
                 let c = &mut conns[*i];
                 let before = count(&c.buf, b"PONG\r\n");
                 c.write(b"PING\r\n").await;
-                c.read_until(
-                    |b| count(b, b"PONG\r\n") > before,
-                    Duration::from_secs(5),
-                )
-                .await;
+                c.read_until(|b| count(b, b"PONG\r\n") > before, Duration::from_secs(5))
+                    .await;
             }
             Sleep(ms) => tokio::time::sleep(Duration::from_millis(*ms)).await,
         }
@@ -133,7 +131,12 @@ async fn run_script(addr: SocketAddr, steps: &[Step]) -> Vec<String> {
     conns
         .iter()
         .map(|c| {
-            let mut t = normalize(&c.buf).join("\n");
+            let frames = normalize(&c.buf);
+            let frames: Vec<String> = frames
+                .into_iter()
+                .filter(|f| keep_pings || f != "PING")
+                .collect();
+            let mut t = frames.join("\n");
             t.push_str(if c.closed { "\n<CLOSED>" } else { "\n<OPEN>" });
             t
         })
@@ -151,8 +154,10 @@ fn normalize_info(json: &[u8]) -> String {
         v["proto"],
         v["headers"],
         v["max_payload"],
-        v.get("auth_required").unwrap_or(&serde_json::Value::Bool(false)),
-        v.get("tls_required").unwrap_or(&serde_json::Value::Bool(false)),
+        v.get("auth_required")
+            .unwrap_or(&serde_json::Value::Bool(false)),
+        v.get("tls_required")
+            .unwrap_or(&serde_json::Value::Bool(false)),
         has("server_id") && has("version") && has("client_id"),
     )
 }
@@ -163,7 +168,10 @@ fn normalize(buf: &[u8]) -> Vec<String> {
     let mut rest = buf;
     while !rest.is_empty() {
         let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
-            frames.push((None, format!("<PARTIAL {:?}>", String::from_utf8_lossy(rest))));
+            frames.push((
+                None,
+                format!("<PARTIAL {:?}>", String::from_utf8_lossy(rest)),
+            ));
             break;
         };
         let line = &rest[..eol];
@@ -187,7 +195,10 @@ fn normalize(buf: &[u8]) -> Vec<String> {
             let terminated = &after[size..size + 2] == b"\r\n";
             frames.push((
                 Some(args[2].to_string()),
-                format!("{text} | {payload:?}{}", if terminated { "" } else { " <BAD END>" }),
+                format!(
+                    "{text} | {payload:?}{}",
+                    if terminated { "" } else { " <BAD END>" }
+                ),
             ));
             rest = &after[size + 2..];
             continue;
@@ -218,14 +229,18 @@ type Scenario = (&'static str, Vec<Step>);
 /// Runs every scenario against both servers (concurrently) and asserts
 /// they agree; reports all disagreements at once.
 async fn check(cfg: &Cfg, scenarios: Vec<Scenario>) {
+    // Both servers PING a client 2 to 2.4 s after it connected (a random
+    // delay); unless a test sets the ping interval, those PINGs depend on
+    // how long a scenario ran and are left out.
+    let keep_pings = cfg.ping_interval_ms.is_some();
     // Every scenario gets its own pair of servers, so concurrent scenarios
     // cannot see each other's messages.
     let results: Vec<_> = futures::stream::iter(scenarios.iter())
         .map(|(name, steps)| async move {
             let pair = Pair::start(cfg).await;
             let (want, got) = tokio::join!(
-                run_script(pair.oracle.addr(), steps),
-                run_script(pair.embedded.addr(), steps)
+                run_script(pair.oracle.addr(), steps, keep_pings),
+                run_script(pair.embedded.addr(), steps, keep_pings)
             );
             (*name, want, got)
         })
@@ -324,20 +339,44 @@ async fn malformed_frames() {
         one("sub three args is queue", &cat(Q, "SUB a b c\r\n")),
         raw("unsub no args", &cat(Q, "UNSUB\r\n")),
         raw("unsub three args", &cat(Q, "UNSUB 1 2 3\r\n")),
-        one("unsub bad max removes now", &cat(Q, "SUB foo 1\r\nUNSUB 1 x\r\nPUB foo 1\r\nx\r\n")),
+        one(
+            "unsub bad max removes now",
+            &cat(Q, "SUB foo 1\r\nUNSUB 1 x\r\nPUB foo 1\r\nx\r\n"),
+        ),
         raw("hpub one size", &cat(QH, "HPUB foo 1\r\n")),
-        raw("hpub header larger than total", &cat(QH, "HPUB foo 5 4\r\n")),
-        raw("hpub without headers", &cat(Q, "HPUB foo 12 12\r\nNATS/1.0\r\n\r\n\r\n")),
-        one("hpub zero header", &cat(QH, "SUB foo 1\r\nHPUB foo 0 0\r\n\r\n")),
-        one("hpub any header bytes", &cat(QH, "SUB foo 1\r\nHPUB foo 3 3\r\nabc\r\n")),
+        raw(
+            "hpub header larger than total",
+            &cat(QH, "HPUB foo 5 4\r\n"),
+        ),
+        raw(
+            "hpub without headers",
+            &cat(Q, "HPUB foo 12 12\r\nNATS/1.0\r\n\r\n\r\n"),
+        ),
+        one(
+            "hpub zero header",
+            &cat(QH, "SUB foo 1\r\nHPUB foo 0 0\r\n\r\n"),
+        ),
+        one(
+            "hpub any header bytes",
+            &cat(QH, "SUB foo 1\r\nHPUB foo 3 3\r\nabc\r\n"),
+        ),
         raw("oversize pub", &cat(Q, "PUB foo 1048577\r\n")),
         raw("oversize hpub", &cat(QH, "HPUB foo 10 2000000\r\n")),
-        one("max size pub", &format!("{Q}SUB foo 1\r\nPUB foo 1048576\r\n{}\r\n", "z".repeat(1_048_576))),
+        one(
+            "max size pub",
+            &format!(
+                "{Q}SUB foo 1\r\nPUB foo 1048576\r\n{}\r\n",
+                "z".repeat(1_048_576)
+            ),
+        ),
         raw("payload too long", &cat(Q, "PUB foo 3\r\nabcd\r\n")),
         raw("payload then op", &cat(Q, "PUB foo 3\r\nabcPING\r\n")),
         raw("payload bare lf", &cat(Q, "PUB foo 1\r\nx\n")),
         raw("payload cr cr lf", &cat(Q, "PUB foo 1\r\nx\r\r\n")),
-        raw("payload incomplete", &cat(Q, "SUB foo 1\r\nPUB foo 5\r\nhel")),
+        raw(
+            "payload incomplete",
+            &cat(Q, "SUB foo 1\r\nPUB foo 5\r\nhel"),
+        ),
         raw("unknown op", &cat(Q, "GET / HTTP/1.1\r\n")),
         raw("empty line", &cat(Q, "PING\r\n\r\nPING\r\n")),
         raw("leading space", " PING\r\n"),
@@ -346,10 +385,19 @@ async fn malformed_frames() {
         raw("control line too long", &big_sub),
         raw("control line too long unterminated", &big_line),
         raw("binary garbage", "\u{1}\u{2}\u{3}\r\n"),
-        one("bare lf control lines", &cat(Q, "SUB foo 1\nPUB foo 1\nx\r\nPING\n")),
-        one("tabs and spaces", &cat(Q, "SUB\tfoo \t 1 \r\nPUB  foo\t1 \r\nx\r\n")),
+        one(
+            "bare lf control lines",
+            &cat(Q, "SUB foo 1\nPUB foo 1\nx\r\nPING\n"),
+        ),
+        one(
+            "tabs and spaces",
+            &cat(Q, "SUB\tfoo \t 1 \r\nPUB  foo\t1 \r\nx\r\n"),
+        ),
         one("empty payload", &cat(Q, "SUB foo 1\r\nPUB foo 0\r\n\r\n")),
-        one("payload with protocol bytes", &cat(Q, "SUB foo 1\r\nPUB foo 12\r\nPING\r\nPUB x\r\r\n")),
+        one(
+            "payload with protocol bytes",
+            &cat(Q, "SUB foo 1\r\nPUB foo 12\r\nPING\r\nPUB x\r\r\n"),
+        ),
     ];
     check(&Cfg::default(), scenarios).await;
 }
@@ -357,30 +405,136 @@ async fn malformed_frames() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subjects_and_subscriptions() {
     let scenarios = vec![
-        one("invalid sub subjects", &cat(Q, "SUB foo..bar 1\r\nSUB foo.>.x 2\r\nSUB foo. 3\r\nSUB .foo 4\r\nSUB foo>.x 5\r\nSUB > 6\r\n")),
-        one("invalid pub subjects", &cat(Q, "PUB foo.* 1\r\nx\r\nPUB > 1\r\nx\r\nPUB a..b 1\r\nx\r\n")),
-        one("invalid pub subject verbose", "CONNECT {\"verbose\":true}\r\nPUB foo.* 1\r\nx\r\nSUB a..b 1\r\n"),
-        one("reply subjects unchecked", &cat(Q, "SUB foo 1\r\nPUB foo bad.* 1\r\nx\r\nPUB foo ba*d 1\r\ny\r\n")),
-        one("pedantic off", "CONNECT {\"verbose\":false,\"pedantic\":false}\r\nSUB foo.* 1\r\nPUB foo.* 1\r\nx\r\nSUB a..b 2\r\n"),
-        one("queue names unchecked", &cat(Q, "SUB foo bad..q 1\r\nPUB foo 1\r\nx\r\n")),
-        one("overlapping wildcards one connection", &cat(Q, "SUB foo.* 1\r\nSUB foo.> 2\r\nSUB > 3\r\nSUB foo.bar 4\r\nSUB *.bar 5\r\nSUB *.* 6\r\nPUB foo.bar 1\r\nx\r\nPUB foo.baz 1\r\ny\r\nPUB foo.bar.baz 1\r\nz\r\n")),
-        one("same subject twice", &cat(Q, "SUB foo 1\r\nSUB foo 2\r\nPUB foo 1\r\nx\r\nUNSUB 1\r\nPUB foo 1\r\ny\r\n")),
-        one("duplicate sid", &cat(Q, "SUB foo 1\r\nSUB foo 1\r\nSUB bar 1\r\nPUB foo 1\r\nx\r\nPUB bar 1\r\ny\r\n")),
+        one(
+            "invalid sub subjects",
+            &cat(
+                Q,
+                "SUB foo..bar 1\r\nSUB foo.>.x 2\r\nSUB foo. 3\r\nSUB .foo 4\r\nSUB foo>.x 5\r\nSUB > 6\r\n",
+            ),
+        ),
+        one(
+            "invalid pub subjects",
+            &cat(Q, "PUB foo.* 1\r\nx\r\nPUB > 1\r\nx\r\nPUB a..b 1\r\nx\r\n"),
+        ),
+        one(
+            "invalid pub subjects still routed",
+            &cat(
+                Q,
+                "SUB foo.* 1\r\nSUB foo.> 2\r\nSUB > 3\r\nPUB foo.* 1\r\nx\r\nPUB foo..bar 1\r\ny\r\nPUB foo. 1\r\nz\r\n",
+            ),
+        ),
+        one(
+            "invalid pub subject verbose",
+            "CONNECT {\"verbose\":true}\r\nPUB foo.* 1\r\nx\r\nSUB a..b 1\r\n",
+        ),
+        one(
+            "reply subjects unchecked",
+            &cat(
+                Q,
+                "SUB foo 1\r\nPUB foo bad.* 1\r\nx\r\nPUB foo ba*d 1\r\ny\r\n",
+            ),
+        ),
+        one(
+            "pedantic off",
+            "CONNECT {\"verbose\":false,\"pedantic\":false}\r\nSUB foo.* 1\r\nPUB foo.* 1\r\nx\r\nSUB a..b 2\r\n",
+        ),
+        one(
+            "queue names unchecked",
+            &cat(Q, "SUB foo bad..q 1\r\nPUB foo 1\r\nx\r\n"),
+        ),
+        one(
+            "overlapping wildcards one connection",
+            &cat(
+                Q,
+                "SUB foo.* 1\r\nSUB foo.> 2\r\nSUB > 3\r\nSUB foo.bar 4\r\nSUB *.bar 5\r\nSUB *.* 6\r\nPUB foo.bar 1\r\nx\r\nPUB foo.baz 1\r\ny\r\nPUB foo.bar.baz 1\r\nz\r\n",
+            ),
+        ),
+        one(
+            "same subject twice",
+            &cat(
+                Q,
+                "SUB foo 1\r\nSUB foo 2\r\nPUB foo 1\r\nx\r\nUNSUB 1\r\nPUB foo 1\r\ny\r\n",
+            ),
+        ),
+        one(
+            "duplicate sid",
+            &cat(
+                Q,
+                "SUB foo 1\r\nSUB foo 1\r\nSUB bar 1\r\nPUB foo 1\r\nx\r\nPUB bar 1\r\ny\r\n",
+            ),
+        ),
         one("unknown sid", &cat(Q, "UNSUB 99\r\nUNSUB 99 3\r\n")),
-        one("unsub twice", &cat(Q, "SUB foo 1\r\nUNSUB 1\r\nUNSUB 1\r\nPUB foo 1\r\nx\r\n")),
-        one("queue plus plain one subject", &cat(Q, "SUB foo q 1\r\nSUB foo 2\r\nPUB foo 1\r\nx\r\n")),
-        one("two queue groups", &cat(Q, "SUB foo a 1\r\nSUB foo b 2\r\nSUB foo 3\r\nPUB foo 1\r\nx\r\n")),
-        one("queue over wildcards", &cat(Q, "SUB foo.* q 1\r\nPUB foo.x 1\r\nx\r\nPUB bar 1\r\ny\r\n")),
-        one("unsub max after partial delivery", &cat(Q, "SUB foo 1\r\nPUB foo 1\r\na\r\nUNSUB 1 3\r\nPUB foo 1\r\nb\r\nPUB foo 1\r\nc\r\nPUB foo 1\r\nd\r\n")),
-        one("unsub max already reached", &cat(Q, "SUB foo 1\r\nPUB foo 1\r\na\r\nPUB foo 1\r\nb\r\nUNSUB 1 2\r\nPUB foo 1\r\nc\r\nSUB foo 1\r\nPUB foo 1\r\nd\r\n")),
-        one("unsub max lowered", &cat(Q, "SUB foo 1\r\nUNSUB 1 3\r\nPUB foo 1\r\na\r\nUNSUB 1 1\r\nPUB foo 1\r\nb\r\n")),
-        one("unsub max zero", &cat(Q, "SUB foo 1\r\nUNSUB 1 0\r\nPUB foo 1\r\nx\r\n")),
-        one("echo off", "CONNECT {\"verbose\":false,\"echo\":false}\r\nSUB foo 1\r\nPUB foo 1\r\nx\r\n"),
-        one("echo on", "CONNECT {\"verbose\":false,\"echo\":true}\r\nSUB foo 1\r\nPUB foo 1\r\nx\r\n"),
-        one("headers delivered", &cat(QH, "SUB foo 1\r\nHPUB foo r 12 14\r\nNATS/1.0\r\n\r\nhi\r\n")),
-        one("no responders", "CONNECT {\"verbose\":false,\"headers\":true,\"no_responders\":true}\r\nSUB _INBOX.x.* 1\r\nPUB nobody _INBOX.x.1 0\r\n\r\nSUB _INBOX.y 2\r\nPUB nobody _INBOX.y 2\r\nhi\r\nPUB nobody notmine 0\r\n\r\n"),
-        one("no responders echo off", "CONNECT {\"verbose\":false,\"headers\":true,\"no_responders\":true,\"echo\":false}\r\nSUB me 1\r\nSUB _INBOX.z.* 2\r\nPUB me _INBOX.z.1 0\r\n\r\n"),
-        one("no responders not requested", &cat(QH, "SUB _INBOX.q.* 1\r\nPUB nobody _INBOX.q.1 0\r\n\r\n")),
+        one(
+            "unsub twice",
+            &cat(Q, "SUB foo 1\r\nUNSUB 1\r\nUNSUB 1\r\nPUB foo 1\r\nx\r\n"),
+        ),
+        one(
+            "queue plus plain one subject",
+            &cat(Q, "SUB foo q 1\r\nSUB foo 2\r\nPUB foo 1\r\nx\r\n"),
+        ),
+        one(
+            "two queue groups",
+            &cat(
+                Q,
+                "SUB foo a 1\r\nSUB foo b 2\r\nSUB foo 3\r\nPUB foo 1\r\nx\r\n",
+            ),
+        ),
+        one(
+            "queue over wildcards",
+            &cat(Q, "SUB foo.* q 1\r\nPUB foo.x 1\r\nx\r\nPUB bar 1\r\ny\r\n"),
+        ),
+        one(
+            "unsub max after partial delivery",
+            &cat(
+                Q,
+                "SUB foo 1\r\nPUB foo 1\r\na\r\nUNSUB 1 3\r\nPUB foo 1\r\nb\r\nPUB foo 1\r\nc\r\nPUB foo 1\r\nd\r\n",
+            ),
+        ),
+        one(
+            "unsub max already reached",
+            &cat(
+                Q,
+                "SUB foo 1\r\nPUB foo 1\r\na\r\nPUB foo 1\r\nb\r\nUNSUB 1 2\r\nPUB foo 1\r\nc\r\nSUB foo 1\r\nPUB foo 1\r\nd\r\n",
+            ),
+        ),
+        one(
+            "unsub max lowered",
+            &cat(
+                Q,
+                "SUB foo 1\r\nUNSUB 1 3\r\nPUB foo 1\r\na\r\nUNSUB 1 1\r\nPUB foo 1\r\nb\r\n",
+            ),
+        ),
+        one(
+            "unsub max zero",
+            &cat(Q, "SUB foo 1\r\nUNSUB 1 0\r\nPUB foo 1\r\nx\r\n"),
+        ),
+        one(
+            "echo off",
+            "CONNECT {\"verbose\":false,\"echo\":false}\r\nSUB foo 1\r\nPUB foo 1\r\nx\r\n",
+        ),
+        one(
+            "echo on",
+            "CONNECT {\"verbose\":false,\"echo\":true}\r\nSUB foo 1\r\nPUB foo 1\r\nx\r\n",
+        ),
+        one(
+            "headers delivered",
+            &cat(
+                QH,
+                "SUB foo 1\r\nHPUB foo r 12 14\r\nNATS/1.0\r\n\r\nhi\r\n",
+            ),
+        ),
+        one(
+            "no responders",
+            "CONNECT {\"verbose\":false,\"headers\":true,\"no_responders\":true}\r\nSUB _INBOX.x.* 1\r\nPUB nobody _INBOX.x.1 0\r\n\r\nSUB _INBOX.y 2\r\nPUB nobody _INBOX.y 2\r\nhi\r\nPUB nobody notmine 0\r\n\r\n",
+        ),
+        one(
+            "no responders echo off",
+            "CONNECT {\"verbose\":false,\"headers\":true,\"no_responders\":true,\"echo\":false}\r\nSUB me 1\r\nSUB _INBOX.z.* 2\r\nPUB me _INBOX.z.1 0\r\n\r\n",
+        ),
+        one(
+            "no responders not requested",
+            &cat(QH, "SUB _INBOX.q.* 1\r\nPUB nobody _INBOX.q.1 0\r\n\r\n"),
+        ),
         one("many commands in one read", &{
             let mut s = String::from(Q);
             for i in 0..300 {
@@ -394,28 +548,62 @@ async fn subjects_and_subscriptions() {
         (
             "headers stripped for clients without headers",
             vec![
-                Open(0), send(0, &cat(Q, "SUB h.* 1\r\n")), Sync(0),
-                Open(1), send(1, &cat(QH, "SUB h.* 9\r\n")), Sync(1),
-                Open(2), send(2, &cat(QH, "HPUB h.x r.1 21 25\r\nNATS/1.0\r\nX-A: 1\r\n\r\nbody\r\n")), Sync(2),
-                Sync(0), Sync(1),
+                Open(0),
+                send(0, &cat(Q, "SUB h.* 1\r\n")),
+                Sync(0),
+                Open(1),
+                send(1, &cat(QH, "SUB h.* 9\r\n")),
+                Sync(1),
+                Open(2),
+                send(
+                    2,
+                    &cat(
+                        QH,
+                        "HPUB h.x r.1 21 25\r\nNATS/1.0\r\nX-A: 1\r\n\r\nbody\r\n",
+                    ),
+                ),
+                Sync(2),
+                Sync(0),
+                Sync(1),
             ],
         ),
         (
             "fan out across connections",
             vec![
-                Open(0), send(0, &cat(Q, "SUB f.> 1\r\nSUB f.a q 2\r\n")), Sync(0),
-                Open(1), send(1, &cat(Q, "SUB f.* 1\r\nSUB f.b 2\r\n")), Sync(1),
-                Open(2), send(2, &cat(Q, "PUB f.a 1\r\na\r\nPUB f.b 1\r\nb\r\nPUB f.c.d 1\r\nc\r\n")), Sync(2),
-                Sync(0), Sync(1),
+                Open(0),
+                send(0, &cat(Q, "SUB f.> 1\r\nSUB f.a q 2\r\n")),
+                Sync(0),
+                Open(1),
+                send(1, &cat(Q, "SUB f.* 1\r\nSUB f.b 2\r\n")),
+                Sync(1),
+                Open(2),
+                send(
+                    2,
+                    &cat(
+                        Q,
+                        "PUB f.a 1\r\na\r\nPUB f.b 1\r\nb\r\nPUB f.c.d 1\r\nc\r\n",
+                    ),
+                ),
+                Sync(2),
+                Sync(0),
+                Sync(1),
             ],
         ),
         (
             "request reply across connections",
             vec![
-                Open(0), send(0, &cat(Q, "SUB svc 1\r\n")), Sync(0),
-                Open(1), send(1, "CONNECT {\"verbose\":false,\"headers\":true,\"no_responders\":true}\r\nSUB _INBOX.r.* 1\r\nPUB svc _INBOX.r.1 3\r\nreq\r\n"), Sync(1),
+                Open(0),
+                send(0, &cat(Q, "SUB svc 1\r\n")),
                 Sync(0),
-                send(0, "PUB _INBOX.r.1 3\r\nrep\r\n"), Sync(0),
+                Open(1),
+                send(
+                    1,
+                    "CONNECT {\"verbose\":false,\"headers\":true,\"no_responders\":true}\r\nSUB _INBOX.r.* 1\r\nPUB svc _INBOX.r.1 3\r\nreq\r\n",
+                ),
+                Sync(1),
+                Sync(0),
+                send(0, "PUB _INBOX.r.1 3\r\nrep\r\n"),
+                Sync(0),
                 Sync(1),
             ],
         ),
@@ -482,38 +670,78 @@ async fn users_and_permissions() {
         raw("connect {} with auth", "CONNECT {}\r\nPING\r\n"),
         raw("wrong password", &cat(&login("alice", "wrong"), "PING\r\n")),
         raw("unknown user", &cat(&login("nobody", "x"), "PING\r\n")),
-        raw("token instead of user", "CONNECT {\"verbose\":false,\"auth_token\":\"secret\"}\r\nPING\r\n"),
+        raw(
+            "token instead of user",
+            "CONNECT {\"verbose\":false,\"auth_token\":\"secret\"}\r\nPING\r\n",
+        ),
         one("bcrypt password", &alice),
         one("plain password", &login("bob", "bob")),
-        one("publish violations", &cat(&alice, "PUB b 1\r\nx\r\nPUB a.secret 1\r\nx\r\nPUB a.ok 1\r\nx\r\n")),
-        one("subscribe violations", &cat(&alice, "SUB b 1\r\nSUB a.x 2\r\nSUB a.> 3\r\nSUB a.y 4\r\nSUB a.y q 5\r\nSUB > 6\r\n")),
+        one(
+            "publish violations",
+            &cat(
+                &alice,
+                "PUB b 1\r\nx\r\nPUB a.secret 1\r\nx\r\nPUB a.ok 1\r\nx\r\n",
+            ),
+        ),
+        one(
+            "subscribe violations",
+            &cat(
+                &alice,
+                "SUB b 1\r\nSUB a.x 2\r\nSUB a.> 3\r\nSUB a.y 4\r\nSUB a.y q 5\r\nSUB > 6\r\n",
+            ),
+        ),
         one(
             "violations verbose",
             "CONNECT {\"verbose\":true,\"user\":\"alice\",\"pass\":\"secret\"}\r\nSUB b 1\r\nPUB b 1\r\nx\r\nSUB a.y 2\r\n",
         ),
-        one("ops may only subscribe", &cat(&login("ops", "ops"), "SUB > 1\r\nPUB foo 1\r\nx\r\n")),
-        one("no reply without request", &cat(&login("svc", "pw"), "PUB _INBOX.abc 1\r\nx\r\nPUB foo 1\r\nx\r\n")),
+        one(
+            "ops may only subscribe",
+            &cat(&login("ops", "ops"), "SUB > 1\r\nPUB foo 1\r\nx\r\n"),
+        ),
+        one(
+            "no reply without request",
+            &cat(
+                &login("svc", "pw"),
+                "PUB _INBOX.abc 1\r\nx\r\nPUB foo 1\r\nx\r\n",
+            ),
+        ),
         (
             "allow responses once per request",
             vec![
-                Open(0), send(0, &cat(&login("bob", "bob"), "SUB _INBOX.r1 1\r\n")), Sync(0),
-                Open(1), send(1, &cat(&login("svc", "pw"), "SUB svc.> 1\r\n")), Sync(1),
-                send(0, "PUB svc.x _INBOX.r1 2\r\nhi\r\n"), Sync(0),
+                Open(0),
+                send(0, &cat(&login("bob", "bob"), "SUB _INBOX.r1 1\r\n")),
+                Sync(0),
+                Open(1),
+                send(1, &cat(&login("svc", "pw"), "SUB svc.> 1\r\n")),
                 Sync(1),
-                send(1, "PUB _INBOX.r1 2\r\nok\r\nPUB _INBOX.r1 2\r\nno\r\n"), Sync(1),
+                send(0, "PUB svc.x _INBOX.r1 2\r\nhi\r\n"),
+                Sync(0),
+                Sync(1),
+                send(1, "PUB _INBOX.r1 2\r\nok\r\nPUB _INBOX.r1 2\r\nno\r\n"),
+                Sync(1),
                 Sync(0),
             ],
         ),
         (
             "deny list filters wildcard deliveries",
             vec![
-                Open(0), send(0, &cat(&alice, "SUB a.* 1\r\n")), Sync(0),
-                Open(1), send(1, &cat(&login("bob", "bob"), "PUB a.x 1\r\nx\r\nPUB a.y 1\r\ny\r\n")), Sync(1),
+                Open(0),
+                send(0, &cat(&alice, "SUB a.* 1\r\n")),
+                Sync(0),
+                Open(1),
+                send(
+                    1,
+                    &cat(&login("bob", "bob"), "PUB a.x 1\r\nx\r\nPUB a.y 1\r\ny\r\n"),
+                ),
+                Sync(1),
                 Sync(0),
             ],
         ),
         ("auth timeout", vec![Open(0), Sleep(900)]),
-        ("auth timeout after partial connect", vec![Open(0), send(0, "CONN"), Sleep(900)]),
+        (
+            "auth timeout after partial connect",
+            vec![Open(0), send(0, "CONN"), Sleep(900)],
+        ),
     ];
     check(&auth_cfg(), scenarios).await;
 }
@@ -528,10 +756,22 @@ async fn token_auth() {
         &cfg,
         vec![
             raw("ping before connect", "PING\r\n"),
-            raw("bad token", "CONNECT {\"verbose\":false,\"auth_token\":\"bad\"}\r\nPING\r\n"),
-            raw("user instead of token", &cat(&login("s3cr3t", "s3cr3t"), "PING\r\n")),
-            one("good token", "CONNECT {\"verbose\":false,\"auth_token\":\"s3cr3t\"}\r\n"),
-            one("good token verbose", "CONNECT {\"verbose\":true,\"auth_token\":\"s3cr3t\"}\r\n"),
+            raw(
+                "bad token",
+                "CONNECT {\"verbose\":false,\"auth_token\":\"bad\"}\r\nPING\r\n",
+            ),
+            raw(
+                "user instead of token",
+                &cat(&login("s3cr3t", "s3cr3t"), "PING\r\n"),
+            ),
+            one(
+                "good token",
+                "CONNECT {\"verbose\":false,\"auth_token\":\"s3cr3t\"}\r\n",
+            ),
+            one(
+                "good token verbose",
+                "CONNECT {\"verbose\":true,\"auth_token\":\"s3cr3t\"}\r\n",
+            ),
         ],
     )
     .await;
@@ -592,7 +832,10 @@ async fn max_payload_configured() {
     check(
         &cfg,
         vec![
-            one("at limit", &format!("{Q}SUB a 1\r\nPUB a 100\r\n{}\r\n", "x".repeat(100))),
+            one(
+                "at limit",
+                &format!("{Q}SUB a 1\r\nPUB a 100\r\n{}\r\n", "x".repeat(100)),
+            ),
             raw("over limit", &cat(Q, "PUB a 101\r\n")),
             raw("hpub over limit", &cat(QH, "HPUB a 50 101\r\n")),
         ],

@@ -144,9 +144,10 @@ async fn verbose_ok_and_ping_pong() {
         .await;
     assert_eq!(c.line().await, "+OK");
     assert_eq!(c.line().await, "PONG");
+    // As nats-server: the PUB's +OK comes before the delivery.
+    assert_eq!(c.line().await, "+OK");
     assert_eq!(c.line().await, "MSG foo 1 2");
     assert_eq!(c.exact(4).await, b"hi\r\n");
-    assert_eq!(c.line().await, "+OK");
     c.send("UNSUB 1\r\n").await;
     assert_eq!(c.line().await, "+OK");
     c.send("CONNECT {\"verbose\":false}\r\nSUB bar 2\r\n").await;
@@ -305,8 +306,15 @@ async fn no_responders_frame() {
         .await;
     c.ping().await;
     // no_responders without headers is refused at CONNECT.
-    let mut c = Raw::connect(&broker, "CONNECT {\"verbose\":false,\"no_responders\":true}\r\n").await;
-    assert_eq!(c.line().await, "-ERR 'no responders requires headers support'");
+    let mut c = Raw::connect(
+        &broker,
+        "CONNECT {\"verbose\":false,\"no_responders\":true}\r\n",
+    )
+    .await;
+    assert_eq!(
+        c.line().await,
+        "-ERR 'no responders requires headers support'"
+    );
     c.expect_closed().await;
 
     // Own subscription with echo off is no responder either.
@@ -413,4 +421,39 @@ async fn queue_group_with_max() {
     sids.sort();
     assert_eq!(sids, ["1", "2"]);
     assert_eq!(broker.subscription_count(), 0);
+}
+
+#[tokio::test]
+async fn graceful_shutdown_delivers_accepted_messages() {
+    let (broker, shutdown) = start().await;
+    let mut sub = Raw::connect(&broker, "CONNECT {\"verbose\":false}\r\nSUB drain 1\r\n").await;
+    sub.ping().await;
+    let mut publisher = Raw::connect(&broker, "CONNECT {\"verbose\":false}\r\n").await;
+    let body = "y".repeat(1000);
+    let mut batch = String::new();
+    for _ in 0..2000 {
+        batch.push_str(&format!("PUB drain 1000\r\n{body}\r\n"));
+    }
+    publisher.send(&batch).await;
+    publisher.ping().await;
+    assert_eq!(broker.connection_count(), 2);
+    // Everything was accepted; now stop while the subscriber has read
+    // nothing yet.
+    shutdown.cancel();
+    let stopped = tokio::spawn(broker.stopped());
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, sub.rd.read_to_end(&mut rest))
+        .await
+        .expect("closed in time")
+        .expect("read");
+    let frame = format!("MSG drain 1 1000\r\n{body}\r\n");
+    assert_eq!(
+        rest.len(),
+        2000 * frame.len(),
+        "every accepted message delivered"
+    );
+    tokio::time::timeout(WAIT, stopped)
+        .await
+        .expect("stopped in time")
+        .expect("join");
 }

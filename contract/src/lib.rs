@@ -16,8 +16,8 @@ pub mod seal;
 pub mod subjects;
 
 pub use messages::*;
-pub use operations::*;
 pub use names::{BranchName, NameError, SandboxName, ServiceName};
+pub use operations::*;
 pub use seal::{AgentKeys, Credentials, SealError, Sealed};
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};

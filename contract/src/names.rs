@@ -37,7 +37,11 @@ impl BranchName {
             return Err(err(WHAT, s, "it is longer than 200 bytes"));
         }
         if s.starts_with('-') {
-            return Err(err(WHAT, s, "it starts with '-' and would read as an option"));
+            return Err(err(
+                WHAT,
+                s,
+                "it starts with '-' and would read as an option",
+            ));
         }
         if s == "@" || s == "HEAD" {
             return Err(err(WHAT, s, "it is reserved by git"));
@@ -95,11 +99,7 @@ fn slug(what: &'static str, s: &str, max: usize) -> Result<String, NameError> {
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
     {
-        return Err(err(
-            what,
-            s,
-            "use only lowercase letters, digits and '-'",
-        ));
+        return Err(err(what, s, "use only lowercase letters, digits and '-'"));
     }
     if s.starts_with('-') || s.ends_with('-') {
         return Err(err(what, s, "it must not start or end with '-'"));

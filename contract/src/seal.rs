@@ -94,9 +94,10 @@ impl AgentKeys {
         match std::fs::read(path) {
             Ok(bytes) => {
                 let bytes = Zeroizing::new(bytes);
-                let arr: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
-                    key_err(std::io::Error::other("expected 32 bytes"))
-                })?;
+                let arr: [u8; 32] = bytes
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| key_err(std::io::Error::other("expected 32 bytes")))?;
                 Ok(AgentKeys {
                     secret: SecretKey::from(arr),
                 })

@@ -151,14 +151,8 @@ mod tests {
 
     #[test]
     fn single_vm_subjects_read_exactly_as_the_spec() {
-        assert_eq!(
-            agent_op("micro", AgentOp::Deploy),
-            "sdp.agent.micro.deploy"
-        );
-        assert_eq!(
-            agent_op("gateway", AgentOp::Auth),
-            "sdp.agent.gateway.auth"
-        );
+        assert_eq!(agent_op("micro", AgentOp::Deploy), "sdp.agent.micro.deploy");
+        assert_eq!(agent_op("gateway", AgentOp::Auth), "sdp.agent.gateway.auth");
         assert_eq!(
             agent_op("gateway", AgentOp::RoutesApply),
             "sdp.agent.gateway.routes.apply"

@@ -15,7 +15,8 @@ use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
 use crate::{
-    ControlPlane, audit, deployments, environments, nodes, openapi, routes, sandboxes, sessions,
+    ControlPlane, audit, deployments, environments, live, nodes, openapi, repositories, routes,
+    sandboxes, sessions,
 };
 
 pub fn router(cp: ControlPlane) -> Router {
@@ -29,6 +30,8 @@ pub fn router(cp: ControlPlane) -> Router {
         )
         .route("/openapi.json", get(openapi::serve))
         .route("/nodes", get(nodes::list))
+        .route("/repositories", get(repositories::list))
+        .route("/repositories/{name}/branches", get(repositories::branches))
         .route(
             "/environments",
             get(environments::list).post(environments::create),
@@ -77,6 +80,7 @@ pub fn router(cp: ControlPlane) -> Router {
         .route("/deployments/{id}/restart", post(deployments::restart))
         .route("/deployments/{id}/stop", post(deployments::stop))
         .route("/audit", get(audit::list))
+        .route("/ws/deployments/{id}", get(live::deployment))
         .fallback(|| async { ApiError::not_found("no such API endpoint") })
         .with_state(cp)
         .layer(DefaultBodyLimit::max(max))

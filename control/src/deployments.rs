@@ -196,8 +196,17 @@ impl ControlPlane {
             environment,
             session.username(),
         );
-        self.queue_and_dispatch(session, d, PortKind::Micro, req.port)
-            .await
+        let result = self
+            .queue_and_dispatch(session, d, PortKind::Micro, req.port)
+            .await;
+        // A new service, or one on a new port, needs the running gateway
+        // to know.
+        if result.is_ok()
+            && let Ok(after) = self.sandbox_record(&sandbox.name).await
+        {
+            self.sync_routes(Some(&sandbox), &after);
+        }
+        result
     }
 
     fn new_deployment(
@@ -270,7 +279,10 @@ impl ControlPlane {
         );
         let sem = self.inner.builds.semaphore(&d.node);
         match sem.clone().try_acquire_owned() {
-            Ok(permit) => self.dispatch(session.credentials().clone(), d, permit).await,
+            Ok(permit) => {
+                self.dispatch(session.credentials().clone(), d, permit)
+                    .await
+            }
             Err(_) => {
                 self.log_control(
                     &d.id,
@@ -309,6 +321,13 @@ impl ControlPlane {
         d: Deployment,
         permit: OwnedSemaphorePermit,
     ) -> Result<Deployment, ApiError> {
+        // A deployment that waited in the queue may have been stopped (its
+        // sandbox deleted) or deleted meanwhile: it is not sent then.
+        match self.store().deployment(&d.id).await? {
+            Some(current) if current.state == DeploymentState::Queued => {}
+            Some(current) => return Ok(current),
+            None => return Err(not_found(&d.id)),
+        }
         let cfg = &self.inner.config;
         let kind = if d.node == cfg.gateway_node {
             "gateway"
@@ -363,9 +382,7 @@ impl ControlPlane {
         self.inner.builds.finished(&d.id);
         drop(permit);
         tracing::info!(deployment = %d.id, reason = %reason, "deployment not taken on");
-        self.store()
-            .fail_queued(&d.id, &reason, Utc::now())
-            .await?;
+        self.store().fail_queued(&d.id, &reason, Utc::now()).await?;
         self.log_control(&d.id, &reason).await;
         self.deployment(&d.id)
             .await?
@@ -373,14 +390,16 @@ impl ControlPlane {
     }
 
     /// Deploys the sandbox's gateway and branch services, or those named.
+    /// Each deployment is audited on its own; a request refused before any
+    /// is created is audited once, naming the sandbox.
     pub async fn deploy_sandbox(
         &self,
         session: &Session,
         name: &str,
         services: Option<&[String]>,
     ) -> Result<Vec<Deployment>, ApiError> {
-        let sandbox = match self.sandbox_record(name).await {
-            Ok(s) => s,
+        let (sandbox, plan, environment) = match self.plan_sandbox_deploy(name, services).await {
+            Ok(p) => p,
             Err(e) => {
                 let result: Result<(), _> = Err(e.clone());
                 let entry = AuditEntry {
@@ -392,6 +411,47 @@ impl ControlPlane {
                 return Err(e);
             }
         };
+        let mut out = Vec::new();
+        for (kind, repo, branch) in plan {
+            let d = self.new_deployment(
+                &sandbox,
+                kind,
+                &repo,
+                &branch,
+                environment.clone(),
+                session.username(),
+            );
+            let entry = AuditEntry {
+                action: "deployment_create",
+                sandbox: Some(sandbox.name.clone()),
+                repository: Some(repo.clone()),
+                branch: Some(branch.clone()),
+                environment: environment.clone(),
+                deployment: Some(d.id.clone()),
+                detail: None,
+            };
+            let result = self.queue_and_dispatch(session, d, kind, None).await;
+            self.audit(session.username(), entry, &result).await;
+            out.push(result?);
+        }
+        Ok(out)
+    }
+
+    /// What `deploy_sandbox` deploys, in order, and with which environment.
+    #[allow(clippy::type_complexity)]
+    async fn plan_sandbox_deploy(
+        &self,
+        name: &str,
+        services: Option<&[String]>,
+    ) -> Result<
+        (
+            SandboxRecord,
+            Vec<(PortKind, String, String)>,
+            Option<String>,
+        ),
+        ApiError,
+    > {
+        let sandbox = self.sandbox_record(name).await?;
         let gateway_repo = self.inner.config.gateway_repository.clone();
         let branch_services: Vec<(String, String)> = sandbox
             .services
@@ -418,7 +478,8 @@ impl ControlPlane {
                         micro.push(found.clone());
                     } else {
                         return Err(ApiError::bad_request(format!(
-                            "services: {:?} is not a branch service of sandbox {name:?}                              (services served by OCP are not deployed)",
+                            "services: {:?} is not a branch service of sandbox {name:?} \
+                             (services served by OCP are not deployed)",
                             clip(svc)
                         )));
                     }
@@ -426,7 +487,6 @@ impl ControlPlane {
             }
         }
         let environment = self.effective_environment(&sandbox).await?;
-        let mut out = Vec::new();
         let mut plan: Vec<(PortKind, String, String)> = micro
             .into_iter()
             .map(|(svc, branch)| (PortKind::Micro, svc, branch))
@@ -439,29 +499,7 @@ impl ControlPlane {
                 sandbox.gateway_branch.clone(),
             ));
         }
-        for (kind, repo, branch) in plan {
-            let d = self.new_deployment(
-                &sandbox,
-                kind,
-                &repo,
-                &branch,
-                environment.clone(),
-                session.username(),
-            );
-            let entry = AuditEntry {
-                action: "deployment_create",
-                sandbox: Some(sandbox.name.clone()),
-                repository: Some(repo.clone()),
-                branch: Some(branch.clone()),
-                environment: environment.clone(),
-                deployment: Some(d.id.clone()),
-                detail: None,
-            };
-            let result = self.queue_and_dispatch(session, d, kind, None).await;
-            self.audit(session.username(), entry, &result).await;
-            out.push(result?);
-        }
-        Ok(out)
+        Ok((sandbox, plan, environment))
     }
 
     pub async fn deployments(
@@ -596,7 +634,11 @@ impl ControlPlane {
     }
 
     /// Stops, restarts or deletes deployment `id` through its agent.
-    pub async fn deployment_op(&self, id: &str, op: ServiceOp) -> Result<Option<Deployment>, ApiError> {
+    pub async fn deployment_op(
+        &self,
+        id: &str,
+        op: ServiceOp,
+    ) -> Result<Option<Deployment>, ApiError> {
         let d = self.deployment(id).await?.ok_or_else(|| not_found(id))?;
         let live = matches!(d.state, DeploymentState::Running | DeploymentState::Queued);
         match op {
@@ -610,7 +652,8 @@ impl ControlPlane {
                 if !matches!(d.state, DeploymentState::Running | DeploymentState::Stopped) =>
             {
                 return Err(ApiError::conflict(format!(
-                    "deployment {id} is {}: only a RUNNING or STOPPED deployment can be                      restarted; deploy again instead",
+                    "deployment {id} is {}: only a RUNNING or STOPPED deployment can be \
+                     restarted; deploy again instead",
                     d.state.as_str()
                 )));
             }
@@ -632,9 +675,7 @@ impl ControlPlane {
         let outcome = match self.service_op(&d.node, agent_op, &req).await {
             Ok(o) => Some(o),
             // Nothing runs for it: deleting it loses nothing.
-            Err(BusError::Agent(e))
-                if e.code == ErrorCode::NotFound && op == ServiceOp::Delete =>
-            {
+            Err(BusError::Agent(e)) if e.code == ErrorCode::NotFound && op == ServiceOp::Delete => {
                 None
             }
             Err(BusError::NoResponders { .. }) => {
@@ -656,13 +697,20 @@ impl ControlPlane {
                 };
                 return Err(ApiError::new(
                     status,
-                    format!("the agent could not {} the deployment: {}", op.verb(), e.message),
+                    format!(
+                        "the agent could not {} the deployment: {}",
+                        op.verb(),
+                        e.message
+                    ),
                 ));
             }
             Err(e) => {
                 return Err(ApiError::new(
                     StatusCode::BAD_GATEWAY,
-                    format!("the agent could not be asked to {} the deployment: {e}", op.verb()),
+                    format!(
+                        "the agent could not be asked to {} the deployment: {e}",
+                        op.verb()
+                    ),
                 ));
             }
         };
@@ -670,7 +718,12 @@ impl ControlPlane {
         match op {
             ServiceOp::Stop => {
                 self.store()
-                    .set_state(id, DeploymentState::Stopped, Some("stopped by request"), now)
+                    .set_state(
+                        id,
+                        DeploymentState::Stopped,
+                        Some("stopped by request"),
+                        now,
+                    )
                     .await?;
                 self.log_control(id, "stopped by request").await;
             }
@@ -684,7 +737,9 @@ impl ControlPlane {
                         Some(format!("after the restart the container is {state:?}")),
                     )
                 };
-                self.store().set_state(id, new, reason.as_deref(), now).await?;
+                self.store()
+                    .set_state(id, new, reason.as_deref(), now)
+                    .await?;
                 self.log_control(id, &format!("restarted by request: container {state}"))
                     .await;
             }
@@ -738,7 +793,9 @@ pub async fn stop(
     CurrentSession(session): CurrentSession,
     Path(id): Path<String>,
 ) -> Result<Json<Option<Deployment>>, ApiError> {
-    Ok(Json(audited_op(&cp, session.username(), &id, ServiceOp::Stop).await?))
+    Ok(Json(
+        audited_op(&cp, session.username(), &id, ServiceOp::Stop).await?,
+    ))
 }
 
 /// `POST /api/v1/deployments/{id}/restart`
@@ -747,7 +804,9 @@ pub async fn restart(
     CurrentSession(session): CurrentSession,
     Path(id): Path<String>,
 ) -> Result<Json<Option<Deployment>>, ApiError> {
-    Ok(Json(audited_op(&cp, session.username(), &id, ServiceOp::Restart).await?))
+    Ok(Json(
+        audited_op(&cp, session.username(), &id, ServiceOp::Restart).await?,
+    ))
 }
 
 /// `DELETE /api/v1/deployments/{id}`: removes its container if it runs, then

@@ -432,8 +432,8 @@ impl ControlPlane {
                 .map_err(ApiError::internal)?;
             secrets.insert(k, plain.as_str().to_owned());
         }
-        let masks = crate::secrets::mask_order(secrets.values().cloned().collect());
-        self.lock_masks().insert(d.id.clone(), Arc::new(masks));
+        self.lock_masks()
+            .set(&d.id, secrets.values().cloned().collect());
         let env = DeployEnvironment {
             variables: m.variables.into_iter().map(|(k, (v, _))| (k, v)).collect(),
             secrets,
@@ -443,21 +443,26 @@ impl ControlPlane {
         Ok((!empty).then_some(env))
     }
 
-    fn lock_masks(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Arc<Vec<String>>>> {
+    fn lock_masks(&self) -> std::sync::MutexGuard<'_, Masks> {
         self.inner.masks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Secret values to mask in deployment `id`'s log, longest first.
     pub(crate) async fn mask_for(&self, id: &str) -> Arc<Vec<String>> {
-        if let Some(m) = self.lock_masks().get(id) {
+        if let Some(m) = self.lock_masks().current.get(id) {
             return m.clone();
         }
-        // After a restart, or for a deployment queued before a change.
-        let masks = match self.store().deployment(id).await {
+        // After a restart, or after a secret changed.
+        let values = match self.store().deployment(id).await {
             Ok(Some(d)) => match self.deploy_environment(&d).await {
-                Ok(_) => return self.lock_masks().get(id).cloned().unwrap_or_default(),
+                Ok(_) => {
+                    return self
+                        .lock_masks()
+                        .current
+                        .get(id)
+                        .cloned()
+                        .unwrap_or_default();
+                }
                 Err(e) => {
                     tracing::warn!(deployment = id, error = %e, "could not resolve secrets to mask");
                     Vec::new()
@@ -465,19 +470,40 @@ impl ControlPlane {
             },
             _ => Vec::new(),
         };
-        let masks = Arc::new(masks);
-        self.lock_masks().insert(id.to_owned(), masks.clone());
-        masks
+        self.lock_masks().set(id, values)
     }
 
     pub(crate) fn forget_mask(&self, id: &str) {
-        self.lock_masks().remove(id);
+        let mut m = self.lock_masks();
+        m.current.remove(id);
+        m.previous.remove(id);
     }
 
-    /// After a secret changed, masks are worked out again: the old value
-    /// might still show up in a running deployment's output.
-    fn clear_masks(&self) {
-        self.lock_masks().clear();
+    /// After a secret changed, masks are worked out again on next use.
+    pub(crate) fn clear_masks(&self) {
+        let mut m = self.lock_masks();
+        let current = std::mem::take(&mut m.current);
+        m.previous.extend(current);
+    }
+}
+
+/// Secret values to mask, per deployment. A running container keeps the
+/// values it started with, so when a secret changes its old value stays
+/// masked ([`Masks::previous`]) besides the new one.
+#[derive(Default)]
+pub struct Masks {
+    current: std::collections::HashMap<String, Arc<Vec<String>>>,
+    previous: std::collections::HashMap<String, Arc<Vec<String>>>,
+}
+
+impl Masks {
+    fn set(&mut self, id: &str, mut values: Vec<String>) -> Arc<Vec<String>> {
+        if let Some(old) = self.previous.remove(id) {
+            values.extend(old.iter().cloned());
+        }
+        let masks = Arc::new(crate::secrets::mask_order(values));
+        self.current.insert(id.to_owned(), masks.clone());
+        masks
     }
 }
 
@@ -597,9 +623,15 @@ mod tests {
     fn bad_keys_paths_and_clashes_are_refused_naming_the_field() {
         let (_d, k) = key();
         let cases = [
-            (serde_json::json!({"variables": {"1A": "x"}}), "variables name"),
+            (
+                serde_json::json!({"variables": {"1A": "x"}}),
+                "variables name",
+            ),
             (serde_json::json!({"secrets": {"a-b": "x"}}), "secrets name"),
-            (serde_json::json!({"files": {"../etc/passwd": "x"}}), "files path"),
+            (
+                serde_json::json!({"files": {"../etc/passwd": "x"}}),
+                "files path",
+            ),
             (
                 serde_json::json!({"variables": {"K": "x"}, "secrets": {"K": "y"}}),
                 "both a variable and a secret",
@@ -610,6 +642,18 @@ mod tests {
             let e = body.apply(&Layer::default(), &k).unwrap_err();
             assert!(e.message().contains(want), "{e}");
         }
+    }
+
+    #[test]
+    fn a_changed_secret_keeps_its_old_value_masked() {
+        let mut m = Masks::default();
+        m.set("d", vec!["old-value".into()]);
+        let current = std::mem::take(&mut m.current);
+        m.previous.extend(current);
+        let masks = m.set("d", vec!["new-value".into()]);
+        assert_eq!(masks.len(), 2);
+        assert!(masks.contains(&"old-value".to_owned()));
+        assert!(m.previous.is_empty());
     }
 
     #[test]

@@ -16,10 +16,12 @@
 //! | [`deployments`] | validation, the per-node build queue, dispatch, stop/restart/delete |
 //! | [`environments`] | environments, secrets at rest, the layered view per sandbox |
 //! | [`sandboxes`] | templates and sandboxes, their ports, deploying a sandbox |
+//! | [`repositories`] | repositories from agents' presence, branches listed live |
 //! | [`routes`] | per-sandbox route overrides, pushed to the gateway agent |
 //! | [`audit`] | the audit trail: stored, queryable, published on `sdp.audit.*` |
 //! | [`reconcile`] | settling queued deployments after a restart |
 //! | [`openapi`] | the machine-readable description of the API |
+//! | [`live`] | `WS /ws/deployments/{id}`: progress and log lines as JSON |
 //! | [`model`] | deployments and stages as the API shows them |
 //! | [`ingest`] | applying agents' events and log lines, in order, filling gaps |
 //! | [`storage`] | every SQL statement, behind the [`storage::Storage`] trait |
@@ -37,11 +39,13 @@ pub mod deployments;
 pub mod environments;
 pub mod error;
 pub mod ingest;
+pub mod live;
 pub mod logs;
 pub mod model;
 pub mod nodes;
 pub mod openapi;
 pub mod reconcile;
+pub mod repositories;
 pub mod routes;
 pub mod sandboxes;
 pub mod secrets;
@@ -60,12 +64,12 @@ pub use nodes::NodeStatus;
 pub use sessions::{LoginOutcome, SESSION_COOKIE, SessionUser};
 
 use crate::bus::Bus;
-use crate::logs::LogFiles;
-use crate::nodes::NodeRegistry;
-use crate::sessions::Sessions;
 use crate::deployments::BuildQueue;
 use crate::ingest::GapTracker;
+use crate::logs::LogFiles;
+use crate::nodes::NodeRegistry;
 use crate::secrets::SecretKey;
+use crate::sessions::Sessions;
 use crate::storage::{PortRanges, SqliteStore, Storage};
 
 /// Settings of the control plane. [`ControlConfig::new`] gives the defaults.
@@ -130,12 +134,13 @@ struct Inner {
     nats: async_nats::Client,
     nodes: NodeRegistry,
     sessions: Sessions,
+    login_limiter: sessions::LoginLimiter,
     logs: LogFiles,
     secret_key: SecretKey,
     builds: BuildQueue,
     gaps: GapTracker,
-    /// Secret values to mask in each deployment's log, by deployment id.
-    masks: std::sync::Mutex<std::collections::HashMap<String, Arc<Vec<String>>>>,
+    /// Secret values to mask in each deployment's log.
+    masks: std::sync::Mutex<environments::Masks>,
     shutdown: CancellationToken,
 }
 
@@ -150,6 +155,18 @@ impl ControlPlane {
         let logs = LogFiles::create(&config.data_dir).await?;
         let store: Arc<dyn Storage> =
             Arc::new(SqliteStore::open(&config.data_dir.join("sdp.db")).await?);
+        Self::start_with_store(nats, config, store, logs, shutdown).await
+    }
+
+    /// [`ControlPlane::start`] on another storage backend (the data
+    /// directory still holds the secrets key and the log files).
+    pub async fn start_with_store(
+        nats: async_nats::Client,
+        config: ControlConfig,
+        store: Arc<dyn Storage>,
+        logs: LogFiles,
+        shutdown: CancellationToken,
+    ) -> Result<ControlPlane, ControlError> {
         let secret_key = SecretKey::load_or_create(&config.data_dir.join("secrets.key"))?;
         let nodes = NodeRegistry::default();
 
@@ -175,6 +192,7 @@ impl ControlPlane {
                 nats,
                 nodes,
                 sessions,
+                login_limiter: sessions::LoginLimiter::default(),
                 logs,
                 secret_key,
                 builds,
@@ -227,7 +245,11 @@ pub async fn serve(
     router: axum::Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    // The peer address feeds the per-address limit on failed sign-ins.
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await
 }

@@ -36,40 +36,288 @@ const fn op(
 }
 
 pub const OPERATIONS: &[Operation] = &[
-    op("post", "/session", "Sign in with Bitbucket credentials; sets the session cookie", Some("Credentials"), 200, Some("SessionUser")),
-    op("get", "/session", "Who is signed in", None, 200, Some("SessionUser")),
+    op(
+        "post",
+        "/session",
+        "Sign in with Bitbucket credentials; sets the session cookie",
+        Some("Credentials"),
+        200,
+        Some("SessionUser"),
+    ),
+    op(
+        "get",
+        "/session",
+        "Who is signed in",
+        None,
+        200,
+        Some("SessionUser"),
+    ),
     op("delete", "/session", "Sign out", None, 204, None),
     op("get", "/openapi.json", "This description", None, 200, None),
-    op("get", "/nodes", "Agents and whether they are connected", None, 200, Some("NodeList")),
-    op("get", "/environments", "Environments", None, 200, Some("EnvironmentList")),
-    op("post", "/environments", "Create an environment", Some("EnvironmentBody"), 201, Some("Environment")),
-    op("get", "/environments/{name}", "One environment (secrets by name only)", None, 200, Some("Environment")),
-    op("put", "/environments/{name}", "Update an environment; secrets merge, null removes one", Some("EnvironmentBody"), 200, Some("Environment")),
-    op("delete", "/environments/{name}", "Delete an environment no template or sandbox uses", None, 204, None),
-    op("get", "/templates", "Sandbox templates", None, 200, Some("TemplateList")),
-    op("post", "/templates", "Create a template", Some("TemplateBody"), 201, Some("Template")),
-    op("get", "/templates/{name}", "One template", None, 200, Some("Template")),
-    op("put", "/templates/{name}", "Update a template", Some("TemplateBody"), 200, Some("Template")),
-    op("delete", "/templates/{name}", "Delete a template no sandbox uses", None, 204, None),
-    op("post", "/templates/{name}/sandboxes", "Create a sandbox from the template", Some("SandboxBody"), 201, Some("Sandbox")),
-    op("get", "/sandboxes", "Sandboxes", None, 200, Some("SandboxList")),
-    op("post", "/sandboxes", "Create a sandbox; ports are allocated", Some("SandboxBody"), 201, Some("Sandbox")),
-    op("get", "/sandboxes/{name}", "One sandbox", None, 200, Some("Sandbox")),
-    op("put", "/sandboxes/{name}", "Update a sandbox", Some("SandboxBody"), 200, Some("Sandbox")),
-    op("delete", "/sandboxes/{name}", "Remove the sandbox's containers, delete it, release its ports", None, 200, Some("Deleted")),
-    op("post", "/sandboxes/{name}/clone", "Clone a sandbox with new ports", Some("NameBody"), 201, Some("Sandbox")),
-    op("post", "/sandboxes/{name}/deploy", "Deploy the gateway and branch services, or those named", Some("DeployBody"), 201, Some("DeploymentList")),
-    op("get", "/sandboxes/{name}/environment", "The layered environment: which value wins and from where", None, 200, Some("ResolvedEnvironment")),
-    op("get", "/sandboxes/{name}/routes", "Route overrides, live from the gateway", None, 200, Some("Routes")),
-    op("put", "/sandboxes/{name}/routes/{service}", "Route a service to the sandbox or to OCP", Some("RouteBody"), 200, Some("Routes")),
-    op("get", "/deployments", "Deployment history; filters sandbox, repository, user, state, limit", None, 200, Some("DeploymentList")),
-    op("post", "/deployments", "Deploy a branch of a service into a sandbox", Some("DeploymentBody"), 201, Some("Deployment")),
-    op("get", "/deployments/{id}", "One deployment with its stages", None, 200, Some("Deployment")),
-    op("delete", "/deployments/{id}", "Remove its container if running, delete it and its log", None, 204, None),
-    op("get", "/deployments/{id}/logs", "The whole log so far (text/plain)", None, 200, None),
-    op("post", "/deployments/{id}/restart", "Restart the deployment's container", None, 200, Some("Deployment")),
-    op("post", "/deployments/{id}/stop", "Stop the deployment's container", None, 200, Some("Deployment")),
-    op("get", "/audit", "The audit trail; filters user, sandbox, repository, action, limit", None, 200, Some("AuditList")),
+    op(
+        "get",
+        "/nodes",
+        "Agents and whether they are connected",
+        None,
+        200,
+        Some("NodeList"),
+    ),
+    op(
+        "get",
+        "/repositories",
+        "Repositories the agents are configured with",
+        None,
+        200,
+        Some("RepositoryList"),
+    ),
+    op(
+        "get",
+        "/repositories/{name}/branches",
+        "Branches of a repository, listed live by its agent",
+        None,
+        200,
+        Some("BranchList"),
+    ),
+    op(
+        "get",
+        "/environments",
+        "Environments",
+        None,
+        200,
+        Some("EnvironmentList"),
+    ),
+    op(
+        "post",
+        "/environments",
+        "Create an environment",
+        Some("EnvironmentBody"),
+        201,
+        Some("Environment"),
+    ),
+    op(
+        "get",
+        "/environments/{name}",
+        "One environment (secrets by name only)",
+        None,
+        200,
+        Some("Environment"),
+    ),
+    op(
+        "put",
+        "/environments/{name}",
+        "Update an environment; secrets merge, null removes one",
+        Some("EnvironmentBody"),
+        200,
+        Some("Environment"),
+    ),
+    op(
+        "delete",
+        "/environments/{name}",
+        "Delete an environment no template or sandbox uses",
+        None,
+        204,
+        None,
+    ),
+    op(
+        "get",
+        "/templates",
+        "Sandbox templates",
+        None,
+        200,
+        Some("TemplateList"),
+    ),
+    op(
+        "post",
+        "/templates",
+        "Create a template",
+        Some("TemplateBody"),
+        201,
+        Some("Template"),
+    ),
+    op(
+        "get",
+        "/templates/{name}",
+        "One template",
+        None,
+        200,
+        Some("Template"),
+    ),
+    op(
+        "put",
+        "/templates/{name}",
+        "Update a template",
+        Some("TemplateBody"),
+        200,
+        Some("Template"),
+    ),
+    op(
+        "delete",
+        "/templates/{name}",
+        "Delete a template no sandbox uses",
+        None,
+        204,
+        None,
+    ),
+    op(
+        "post",
+        "/templates/{name}/sandboxes",
+        "Create a sandbox from the template",
+        Some("SandboxBody"),
+        201,
+        Some("Sandbox"),
+    ),
+    op(
+        "get",
+        "/sandboxes",
+        "Sandboxes",
+        None,
+        200,
+        Some("SandboxList"),
+    ),
+    op(
+        "post",
+        "/sandboxes",
+        "Create a sandbox; ports are allocated",
+        Some("SandboxBody"),
+        201,
+        Some("Sandbox"),
+    ),
+    op(
+        "get",
+        "/sandboxes/{name}",
+        "One sandbox",
+        None,
+        200,
+        Some("Sandbox"),
+    ),
+    op(
+        "put",
+        "/sandboxes/{name}",
+        "Update a sandbox",
+        Some("SandboxBody"),
+        200,
+        Some("Sandbox"),
+    ),
+    op(
+        "delete",
+        "/sandboxes/{name}",
+        "Remove the sandbox's containers, delete it, release its ports",
+        None,
+        200,
+        Some("Deleted"),
+    ),
+    op(
+        "post",
+        "/sandboxes/{name}/clone",
+        "Clone a sandbox with new ports",
+        Some("NameBody"),
+        201,
+        Some("Sandbox"),
+    ),
+    op(
+        "post",
+        "/sandboxes/{name}/deploy",
+        "Deploy the gateway and branch services, or those named",
+        Some("DeployBody"),
+        201,
+        Some("DeploymentList"),
+    ),
+    op(
+        "get",
+        "/sandboxes/{name}/environment",
+        "The layered environment: which value wins and from where",
+        None,
+        200,
+        Some("ResolvedEnvironment"),
+    ),
+    op(
+        "get",
+        "/sandboxes/{name}/routes",
+        "Route overrides, live from the gateway",
+        None,
+        200,
+        Some("Routes"),
+    ),
+    op(
+        "put",
+        "/sandboxes/{name}/routes/{service}",
+        "Route a service to the sandbox or to OCP",
+        Some("RouteBody"),
+        200,
+        Some("Routes"),
+    ),
+    op(
+        "get",
+        "/deployments",
+        "Deployment history; filters sandbox, repository, user, state, limit",
+        None,
+        200,
+        Some("DeploymentList"),
+    ),
+    op(
+        "post",
+        "/deployments",
+        "Deploy a branch of a service into a sandbox",
+        Some("DeploymentBody"),
+        201,
+        Some("Deployment"),
+    ),
+    op(
+        "get",
+        "/deployments/{id}",
+        "One deployment with its stages",
+        None,
+        200,
+        Some("Deployment"),
+    ),
+    op(
+        "delete",
+        "/deployments/{id}",
+        "Remove its container if running, delete it and its log",
+        None,
+        204,
+        None,
+    ),
+    op(
+        "get",
+        "/deployments/{id}/logs",
+        "The whole log so far (text/plain)",
+        None,
+        200,
+        None,
+    ),
+    op(
+        "post",
+        "/deployments/{id}/restart",
+        "Restart the deployment's container",
+        None,
+        200,
+        Some("Deployment"),
+    ),
+    op(
+        "post",
+        "/deployments/{id}/stop",
+        "Stop the deployment's container",
+        None,
+        200,
+        Some("Deployment"),
+    ),
+    op(
+        "get",
+        "/ws/deployments/{id}",
+        "WebSocket: the deployment, then its log lines, as JSON messages",
+        None,
+        101,
+        None,
+    ),
+    op(
+        "get",
+        "/audit",
+        "The audit trail; filters user, sandbox, repository, action, limit",
+        None,
+        200,
+        Some("AuditList"),
+    ),
 ];
 
 fn string() -> Value {
@@ -103,9 +351,7 @@ fn schemas() -> Value {
     sandbox_body["gateway"] = json!({"type": "object", "required": ["branch"], "properties": {"branch": string(), "port": {"type": "integer"}}});
     sandbox_body["services"] = map_of(service_spec);
     let mut template_body = sandbox_body.clone();
-    template_body
-        .as_object_mut()
-        .map(|o| o.remove("template"));
+    template_body.as_object_mut().map(|o| o.remove("template"));
     let shown = json!({
         "variables": map_of(string()),
         "secrets": {"type": "array", "items": string(), "description": "names only: secrets are write-only"},
@@ -127,6 +373,10 @@ fn schemas() -> Value {
         "NodeList": {"type": "array", "items": {"type": "object", "properties": {
             "name": string(), "kind": string(), "connected": {"type": "boolean"}, "last_seen": string(),
             "address": string(), "version": string(), "repositories": {"type": "array", "items": string()}}}},
+        "RepositoryList": {"type": "array", "items": {"type": "object", "properties": {
+            "name": string(), "node": string(), "kind": {"enum": ["micro", "gateway", "infra"]}}}},
+        "BranchList": {"type": "array", "items": {"type": "object", "properties": {
+            "name": string(), "commit": string()}}},
         "EnvironmentBody": {"type": "object", "properties": body_props},
         "Environment": with(shown.clone(), json!({"name": string(), "created_at": string(), "updated_at": string()})),
         "EnvironmentList": list_of("Environment"),
@@ -210,9 +460,7 @@ pub fn document() -> Value {
             operation["requestBody"] = json!({"required": true, "content": {"application/json":
                 {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}});
         }
-        let entry = paths
-            .entry(o.path.to_owned())
-            .or_insert_with(|| json!({}));
+        let entry = paths.entry(o.path.to_owned()).or_insert_with(|| json!({}));
         entry[o.method] = operation;
     }
     json!({
@@ -283,12 +531,18 @@ mod tests {
         let text = doc.to_string();
         let schemas = doc["components"]["schemas"].as_object().unwrap();
         for part in text.split("#/components/schemas/").skip(1) {
-            let name: String = part.chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+            let name: String = part
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric())
+                .collect();
             assert!(schemas.contains_key(&name), "{name} is not defined");
         }
-        assert_eq!(doc["paths"]["/sandboxes/{name}/routes/{service}"]["put"]["parameters"]
-            .as_array()
-            .unwrap()
-            .len(), 2);
+        assert_eq!(
+            doc["paths"]["/sandboxes/{name}/routes/{service}"]["put"]["parameters"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
     }
 }

@@ -65,7 +65,12 @@ async fn replay_until_settled(cp: ControlPlane, id: String, node: String) {
         let answer: Result<Ack, BusError> = cp
             .inner
             .bus
-            .request(&node, AgentOp::Replay, &req, cp.inner.config.request_timeout)
+            .request(
+                &node,
+                AgentOp::Replay,
+                &req,
+                cp.inner.config.request_timeout,
+            )
             .await;
         match answer {
             Ok(Ack { accepted: true }) => {

@@ -66,6 +66,54 @@ impl ControlPlane {
             .collect()
     }
 
+    /// Tells the sandbox's gateway about routes that changed between
+    /// `before` and `after` (a new service, a new port, a service gone).
+    /// Best effort and in the background: a gateway not running yet gets
+    /// them all at its next deploy.
+    pub(crate) fn sync_routes(&self, before: Option<&SandboxRecord>, after: &SandboxRecord) {
+        let old = before.map(|b| self.route_targets(b)).unwrap_or_default();
+        let new = self.route_targets(after);
+        let mut changed: BTreeMap<String, RouteTarget> = new
+            .iter()
+            .filter(|(svc, t)| old.get(*svc) != Some(*t))
+            .map(|(svc, t)| (svc.clone(), t.clone()))
+            .collect();
+        for svc in old.keys().filter(|svc| !new.contains_key(*svc)) {
+            changed.insert(svc.clone(), RouteTarget::Ocp);
+        }
+        if changed.is_empty() {
+            return;
+        }
+        let cp = self.clone();
+        let sandbox = after.name.clone();
+        tokio::spawn(async move {
+            let cfg = &cp.inner.config;
+            let req = RoutesApplyRequest {
+                sandbox: sandbox.clone(),
+                repository: Some(cfg.gateway_repository.clone()),
+                routes: changed,
+            };
+            let pushed: Result<LiveRoutes, BusError> = cp
+                .inner
+                .bus
+                .request(
+                    &cfg.gateway_node,
+                    AgentOp::RoutesApply,
+                    &req,
+                    cfg.request_timeout,
+                )
+                .await;
+            match pushed {
+                Ok(_) => tracing::info!(sandbox = %sandbox, "pushed changed routes to the gateway"),
+                Err(BusError::Agent(e)) if e.code == ErrorCode::NotFound => {}
+                Err(BusError::NoResponders { .. }) => {}
+                Err(e) => {
+                    tracing::warn!(sandbox = %sandbox, error = %e, "could not push changed routes; the next gateway deploy applies them")
+                }
+            }
+        });
+    }
+
     async fn live_routes(&self, sandbox: &str) -> Result<LiveRoutes, BusError> {
         let cfg = &self.inner.config;
         self.inner

@@ -220,7 +220,14 @@ fn parse_services(
                 "{field}.port: a service served by OCP has no port"
             )));
         }
-        out.insert(name.clone(), ServiceSpec { source, port, route });
+        out.insert(
+            name.clone(),
+            ServiceSpec {
+                source,
+                port,
+                route,
+            },
+        );
     }
     Ok(out)
 }
@@ -358,6 +365,7 @@ impl ControlPlane {
         });
         let record = self.template_record(name, body, Some(&current), &gateway)?;
         self.store().update_template(&record).await?;
+        self.clear_masks();
         Ok(record.into())
     }
 
@@ -407,7 +415,8 @@ impl ControlPlane {
             .await?;
         // Newest first: the first seen per repository is the latest.
         let mut latest: BTreeMap<&str, &Deployment> = BTreeMap::new();
-        for d in &history {
+        // A sandbox deleted and made again under the same name starts afresh.
+        for d in history.iter().filter(|d| d.created_at >= s.created_at) {
             latest.entry(d.repository.as_str()).or_insert(d);
         }
         let latest: Vec<&Deployment> = latest.into_values().collect();
@@ -560,6 +569,8 @@ impl ControlPlane {
             .store()
             .update_sandbox(&spec, &self.port_ranges())
             .await?;
+        self.clear_masks();
+        self.sync_routes(Some(&current), &record);
         self.sandbox_view(record).await
     }
 
@@ -887,12 +898,27 @@ mod tests {
         assert_eq!(s["kael"].source, ServiceSource::Ocp);
         let cases = [
             (json!({"Bad Name": {"branch": "x"}}), "repository name"),
-            (json!({"eredar": {"branch": "--x"}}), "services.eredar.branch"),
-            (json!({"eredar": {"port": 0, "branch": "m"}}), "services.eredar.port"),
+            (
+                json!({"eredar": {"branch": "--x"}}),
+                "services.eredar.branch",
+            ),
+            (
+                json!({"eredar": {"port": 0, "branch": "m"}}),
+                "services.eredar.port",
+            ),
             (json!({"eredar": {}}), "services.eredar: expected"),
-            (json!({"eredar": {"branch": "m", "use_ocp": true}}), "not both"),
-            (json!({"eredar": {"use_ocp": true, "port": 9001}}), "no port"),
-            (json!({"eredar": {"branch": "m", "colour": 1}}), "unknown field"),
+            (
+                json!({"eredar": {"branch": "m", "use_ocp": true}}),
+                "not both",
+            ),
+            (
+                json!({"eredar": {"use_ocp": true, "port": 9001}}),
+                "no port",
+            ),
+            (
+                json!({"eredar": {"branch": "m", "colour": 1}}),
+                "unknown field",
+            ),
         ];
         for (v, want) in cases {
             let m: BTreeMap<String, Value> = serde_json::from_value(v).unwrap();

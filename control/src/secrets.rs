@@ -136,7 +136,11 @@ mod tests {
         let key = SecretKey::load_or_create(&path).unwrap();
         let stored = key.encrypt("hunter2-value");
         assert!(!stored.contains("hunter2"));
-        assert_ne!(stored, key.encrypt("hunter2-value"), "fresh nonce each time");
+        assert_ne!(
+            stored,
+            key.encrypt("hunter2-value"),
+            "fresh nonce each time"
+        );
         let again = SecretKey::load_or_create(&path).unwrap();
         assert_eq!(again.decrypt(&stored).unwrap().as_str(), "hunter2-value");
         #[cfg(unix)]

@@ -5,15 +5,16 @@
 //! the session, wiped when it ends, and leave only sealed to an agent's key.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::Json;
-use axum::extract::{FromRequestParts, State};
+use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::header::{COOKIE, SET_COOKIE};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use sdp_contract::subjects::AgentOp;
 use sdp_contract::{AuthOutcome, AuthRequest, Credentials, ErrorCode, Sealed};
 use serde::Serialize;
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ControlPlane;
 use crate::api::ApiJson;
+use crate::audit::AuditEntry;
 use crate::bus::BusError;
 use crate::error::ApiError;
 
@@ -30,6 +32,61 @@ pub const NO_GATEWAY: &str =
     "no gateway agent is connected: login needs one to check your Bitbucket credentials";
 pub const REJECTED: &str = "Bitbucket rejected the username or password";
 const SIGN_IN_FIRST: &str = "sign in first: this request carries no valid session";
+
+/// Failed sign-ins allowed per user name, and per client address, within
+/// [`FAILURE_WINDOW`]; more are refused without asking Bitbucket, so
+/// guessing passwords is slow and cannot lock the account there.
+pub const MAX_FAILURES: usize = 5;
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// Recent failed sign-ins, by user name and by address.
+#[derive(Default)]
+pub struct LoginLimiter {
+    failures: Mutex<HashMap<String, Vec<Instant>>>,
+}
+
+impl LoginLimiter {
+    fn keys(username: &str, addr: Option<IpAddr>) -> Vec<String> {
+        let mut keys = vec![format!("user:{}", username.to_lowercase())];
+        if let Some(a) = addr {
+            keys.push(format!("addr:{a}"));
+        }
+        keys
+    }
+
+    /// Seconds until a sign-in is allowed again, if it is refused now.
+    fn blocked(&self, username: &str, addr: Option<IpAddr>) -> Option<u64> {
+        let now = Instant::now();
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let mut wait = None;
+        for key in Self::keys(username, addr) {
+            let Some(times) = map.get_mut(&key) else {
+                continue;
+            };
+            times.retain(|t| now.duration_since(*t) < FAILURE_WINDOW);
+            if times.len() >= MAX_FAILURES
+                && let Some(oldest) = times.first()
+            {
+                let left = FAILURE_WINDOW.saturating_sub(now.duration_since(*oldest));
+                wait = Some(wait.unwrap_or(0).max(left.as_secs().max(1)));
+            }
+        }
+        map.retain(|_, times| !times.is_empty());
+        wait
+    }
+
+    fn failed(&self, username: &str, addr: Option<IpAddr>) {
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        for key in Self::keys(username, addr) {
+            map.entry(key).or_default().push(Instant::now());
+        }
+    }
+
+    fn succeeded(&self, username: &str) {
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(&format!("user:{}", username.to_lowercase()));
+    }
+}
 
 pub struct Session {
     username: String,
@@ -203,7 +260,36 @@ fn login_error(e: BusError, auth_timeout: Duration) -> ApiError {
 impl ControlPlane {
     /// Checks `credentials` with the gateway agent and opens a session.
     pub async fn login(&self, credentials: Credentials) -> Result<LoginOutcome, ApiError> {
+        self.login_from(credentials, None).await
+    }
+
+    /// [`ControlPlane::login`], with the client's address for rate limiting
+    /// failed attempts per address as well as per user.
+    pub async fn login_from(
+        &self,
+        credentials: Credentials,
+        addr: Option<IpAddr>,
+    ) -> Result<LoginOutcome, ApiError> {
         check_credentials(&credentials)?;
+        let limiter = &self.inner.login_limiter;
+        if let Some(wait) = limiter.blocked(&credentials.username, addr) {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("too many failed sign-ins: try again in {wait} s"),
+            ));
+        }
+        let result = self.login_checked(credentials.clone()).await;
+        match &result {
+            Ok(_) => limiter.succeeded(&credentials.username),
+            Err(e) if e.status() == StatusCode::UNAUTHORIZED => {
+                limiter.failed(&credentials.username, addr)
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn login_checked(&self, credentials: Credentials) -> Result<LoginOutcome, ApiError> {
         let cfg = &self.inner.config;
         let outcome: AuthOutcome = self
             .inner
@@ -276,9 +362,19 @@ struct UserBody {
 /// `POST /api/v1/session {username, password}`
 pub async fn create(
     State(cp): State<ControlPlane>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     ApiJson(credentials): ApiJson<Credentials>,
 ) -> Result<Response, ApiError> {
-    let LoginOutcome { token, user } = cp.login(credentials).await?;
+    let username: String = credentials.username.chars().take(200).collect();
+    let result = cp
+        .login_from(credentials, peer.map(|Extension(ConnectInfo(a))| a.ip()))
+        .await;
+    let entry = AuditEntry {
+        action: "login",
+        ..AuditEntry::default()
+    };
+    cp.audit(&username, entry, &result).await;
+    let LoginOutcome { token, user } = result?;
     Ok((
         [(SET_COOKIE, cp.session_cookie(&token))],
         Json(UserBody { user }),
@@ -294,6 +390,14 @@ pub async fn current(session: CurrentSession) -> Json<serde_json::Value> {
 /// `DELETE /api/v1/session`: ends the session (if any) and clears the cookie.
 pub async fn delete(State(cp): State<ControlPlane>, headers: HeaderMap) -> Response {
     if let Some(token) = token_from_headers(&headers) {
+        if let Some(session) = cp.inner.sessions.get(&token) {
+            let entry = AuditEntry {
+                action: "logout",
+                ..AuditEntry::default()
+            };
+            cp.audit(session.username(), entry, &Ok::<(), ApiError>(()))
+                .await;
+        }
         cp.logout(&token);
     }
     (
@@ -364,6 +468,21 @@ mod tests {
             (e.status(), e.message()),
             (StatusCode::UNAUTHORIZED, REJECTED)
         );
+    }
+
+    #[test]
+    fn failed_sign_ins_are_limited_per_user_and_per_address() {
+        let l = LoginLimiter::default();
+        let here: Option<IpAddr> = Some("10.0.0.1".parse().unwrap());
+        for _ in 0..MAX_FAILURES {
+            assert_eq!(l.blocked("achmad", here), None);
+            l.failed("achmad", here);
+        }
+        assert!(l.blocked("Achmad", None).is_some(), "per user");
+        assert!(l.blocked("someone", here).is_some(), "per address");
+        assert_eq!(l.blocked("someone", None), None);
+        l.succeeded("achmad");
+        assert_eq!(l.blocked("achmad", None), None);
     }
 
     #[test]

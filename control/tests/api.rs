@@ -113,6 +113,8 @@ async fn unauthenticated_requests_are_401_json() {
 async fn a_deployment_runs_its_stages_in_order_and_keeps_its_log() {
     let h = Harness::start(BOTH).await;
     let cookie = h.session().await;
+    h.sandbox(&cookie, "qa-login", json!({})).await;
+    h.sandbox(&cookie, "dev", json!({})).await;
 
     let res = h
         .deploy(
@@ -214,7 +216,8 @@ async fn a_deployment_runs_its_stages_in_order_and_keeps_its_log() {
     );
 
     // A second service elsewhere gets the next port; the same port
-    // requested for another service conflicts.
+    // requested for another service conflicts; a redeploy keeps its port;
+    // an unknown sandbox is 404.
     let res = h
         .deploy(
             &cookie,
@@ -231,6 +234,28 @@ async fn a_deployment_runs_its_stages_in_order_and_keeps_its_log() {
         .await;
     assert_eq!(res.status(), 409);
     assert!(error_of(res).await.contains("port 9001 is in use"));
+    let again: Value = h
+        .deploy(
+            &cookie,
+            json!({"sandbox": "qa-login", "repository": "eredar", "branch": "main"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["port"], 9001);
+    let res = h
+        .deploy(
+            &cookie,
+            json!({"sandbox": "nowhere", "repository": "eredar", "branch": "main"}),
+        )
+        .await;
+    assert_eq!(res.status(), 404);
+    assert!(
+        error_of(res)
+            .await
+            .contains("sandbox \"nowhere\" not found")
+    );
 
     let res = h.get(&cookie, "/deployments/no-such-id").await;
     assert_eq!(res.status(), 404);
@@ -245,6 +270,7 @@ async fn a_deployment_runs_its_stages_in_order_and_keeps_its_log() {
 async fn a_failing_build_ends_failed_with_the_stage_and_reason() {
     let h = Harness::start(BOTH).await;
     let cookie = h.session().await;
+    h.sandbox(&cookie, "qa", json!({})).await;
     let res = h
         .deploy(
             &cookie,
@@ -291,6 +317,8 @@ async fn a_deployment_no_micro_agent_takes_is_recorded_failed() {
     })
     .await;
     let cookie = h.session().await;
+    h.sandbox(&cookie, "qa", json!({})).await;
+    h.sandbox(&cookie, "dev", json!({})).await;
     let started = Instant::now();
     let res = h
         .deploy(
@@ -304,7 +332,8 @@ async fn a_deployment_no_micro_agent_takes_is_recorded_failed() {
     assert_eq!(d["state"], "FAILED");
     assert_eq!(d["reason"], "no micro agent is connected");
     assert!(d["completed_at"].is_string());
-    // Its port is free again.
+    // The port belongs to the sandbox's service, not to the failed
+    // deployment: another sandbox gets the next one.
     let again: Value = h
         .deploy(
             &cookie,
@@ -314,7 +343,7 @@ async fn a_deployment_no_micro_agent_takes_is_recorded_failed() {
         .json()
         .await
         .unwrap();
-    assert_eq!(again["port"], 9001);
+    assert_eq!(again["port"], 9002);
 }
 
 #[tokio::test]

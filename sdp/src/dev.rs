@@ -83,30 +83,33 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
 }
 
 fn banner(base: &str, nats: &str, password: &str, data_dir: &Path) -> String {
-    format!(
-        "\n\
-SDP is running in dev mode: broker, control plane, dashboard, a micro agent and a\n\
-gateway agent in one process, against the local Docker engine.\n\
-\n\
-    Dashboard:  {base}/\n\
-    Username:   {DEMO_USER}\n\
-    Password:   {password}\n\
-    NATS:       {nats}   (tap it: nats sub 'sdp.>')\n\
-\n\
-Demo repositories: account, payment, user (branches main, develop,\n\
-feature/login-error) and the erangel gateway, served by a local Bitbucket\n\
-stand-in that accepts only the login above.\n\
-\n\
-Try the API:\n\
-    curl -c /tmp/sdp.jar -H 'content-type: application/json' \\\n\
-         -d '{{\"username\":\"{DEMO_USER}\",\"password\":\"{password}\"}}' {base}/api/v1/session\n\
-    curl -b /tmp/sdp.jar -H 'content-type: application/json' \\\n\
-         -d '{{\"sandbox\":\"demo\",\"repository\":\"account\",\"branch\":\"feature/login-error\"}}' \\\n\
-         {base}/api/v1/deployments\n\
-\n\
-Data: {data}. Stop with Ctrl-C.\n",
-        data = data_dir.display()
-    )
+    let data = data_dir.display();
+    let login = format!(r#"{{"username":"{DEMO_USER}","password":"{password}"}}"#);
+    let sandbox = r#"{"name":"demo","gateway":{"branch":"main"},"services":{"account":{"branch":"feature/login-error"}}}"#;
+    let deploy = r#"{"sandbox":"demo","repository":"account","branch":"feature/login-error"}"#;
+    [
+        String::new(),
+        "SDP is running in dev mode: broker, control plane, dashboard, a micro agent and a".into(),
+        "gateway agent in one process, against the local Docker engine.".into(),
+        String::new(),
+        format!("    Dashboard:  {base}/"),
+        format!("    Username:   {DEMO_USER}"),
+        format!("    Password:   {password}"),
+        format!("    NATS:       {nats}   (tap it: nats sub 'sdp.>')"),
+        String::new(),
+        "Demo repositories: account, payment, user (branches main, develop,".into(),
+        "feature/login-error) and the erangel gateway, served by a local Bitbucket".into(),
+        "stand-in that accepts only the login above.".into(),
+        String::new(),
+        "Try the API:".into(),
+        "    H='content-type: application/json'".into(),
+        format!("    curl -c /tmp/sdp.jar -H \"$H\" -d '{login}' {base}/api/v1/session"),
+        format!("    curl -b /tmp/sdp.jar -H \"$H\" -d '{sandbox}' {base}/api/v1/sandboxes"),
+        format!("    curl -b /tmp/sdp.jar -H \"$H\" -d '{deploy}' {base}/api/v1/deployments"),
+        String::new(),
+        format!("Data: {data}. Stop with Ctrl-C."),
+    ]
+    .join("\n")
 }
 
 fn random_password() -> String {

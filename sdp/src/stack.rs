@@ -91,14 +91,22 @@ pub struct Stack {
     pub agents: Vec<AgentHandle>,
     broker: Option<BrokerHandle>,
     server: JoinHandle<std::io::Result<()>>,
-    shutdown: CancellationToken,
+    /// One token per layer, children of the caller's: [`Stack::stop`]
+    /// stops agents, then the control plane, then the bus, so nobody waits
+    /// on a bus that is already gone.
+    agents_shutdown: CancellationToken,
+    control_shutdown: CancellationToken,
+    broker_shutdown: CancellationToken,
 }
 
 impl Stack {
     pub async fn start(config: StackConfig, shutdown: CancellationToken) -> anyhow::Result<Stack> {
+        let broker_shutdown = shutdown.child_token();
+        let control_shutdown = shutdown.child_token();
+        let agents_shutdown = shutdown.child_token();
         let (broker, nats_url) = match (config.broker, config.nats_url) {
             (Some(listener), _) => {
-                let broker = start_broker(listener, shutdown.clone()).await?;
+                let broker = start_broker(listener, broker_shutdown.clone()).await?;
                 let url = broker.client_url();
                 (Some(broker), url)
             }
@@ -108,10 +116,10 @@ impl Stack {
         let http_addr = config.http.local_addr()?;
         let nats = connect(&nats_url, "sdp-control").await?;
         let (control, server) =
-            start_server(config.http, nats, config.control, shutdown.clone()).await?;
+            start_server(config.http, nats, config.control, control_shutdown.clone()).await?;
         let mut agents = Vec::new();
         for agent in config.agents {
-            agents.push(start_agent(&nats_url, agent, shutdown.clone()).await?);
+            agents.push(start_agent(&nats_url, agent, agents_shutdown.clone()).await?);
         }
         Ok(Stack {
             http_addr,
@@ -120,7 +128,9 @@ impl Stack {
             agents,
             broker,
             server,
-            shutdown,
+            agents_shutdown,
+            control_shutdown,
+            broker_shutdown,
         })
     }
 
@@ -131,11 +141,13 @@ impl Stack {
 
     /// Stops everything and waits until it has stopped.
     pub async fn stop(self) {
-        self.shutdown.cancel();
+        self.agents_shutdown.cancel();
         for agent in self.agents {
             agent.stopped().await;
         }
+        self.control_shutdown.cancel();
         let _ = self.server.await;
+        self.broker_shutdown.cancel();
         if let Some(broker) = self.broker {
             broker.stopped().await;
         }

@@ -47,7 +47,11 @@ async fn deploy_feature_branch_answers_on_its_published_port() {
         assert!(logs.contains(stage), "no {stage} lines in:\n{logs}");
     }
 
-    let body: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{port}/hello"))
+    let body: serde_json::Value = bed
+        .http
+        .get(format!("http://127.0.0.1:{port}/hello"))
+        .timeout(Duration::from_secs(20))
+        .send()
         .await
         .unwrap()
         .json()
@@ -113,10 +117,11 @@ async fn deploy_with_credentials_bitbucket_no_longer_accepts_fails_at_git_fetch(
 async fn missing_branch_fails_at_git_checkout() {
     let bed = Bed::start(Options::default()).await;
     bed.login_ok().await;
-    let (_, d) = bed
+    let (status, d) = bed
         .deploy(json!({"sandbox": bed.sandbox, "repository": "account",
                        "branch": "feature/does-not-exist", "port": free_port()}))
         .await;
+    assert_eq!(status, 201, "{d}");
     let d = bed.wait_final(d["id"].as_str().unwrap()).await;
     assert_eq!(d["state"], "FAILED", "{d}");
     assert_eq!(d["failed_stage"], "git checkout", "{d}");
@@ -159,10 +164,11 @@ async fn option_like_branch_is_rejected_before_git_runs() {
 async fn password_leaks_nowhere_during_a_deploy() {
     let bed = Bed::start(Options::default()).await;
     bed.login_ok().await;
-    let (_, d) = bed
+    let (status, d) = bed
         .deploy(json!({"sandbox": bed.sandbox, "repository": "account",
                        "branch": "develop", "port": free_port()}))
         .await;
+    assert_eq!(status, 201, "{d}");
     let id = d["id"].as_str().unwrap().to_owned();
     let d = bed.wait_final(&id).await;
     assert_eq!(d["state"], "RUNNING", "{d}\n{}", bed.logs(&id).await);
@@ -210,10 +216,11 @@ async fn nats_py_taps_deploy_logs_on_the_embedded_broker() {
     assert_eq!(ready.as_deref(), Some("READY"), "nats-py tap: {ready:?}");
 
     bed.login_ok().await;
-    let (_, d) = bed
+    let (status, d) = bed
         .deploy(json!({"sandbox": bed.sandbox, "repository": "account",
                        "branch": "main", "port": free_port()}))
         .await;
+    assert_eq!(status, 201, "{d}");
     let id = d["id"].as_str().unwrap().to_owned();
     let d = bed.wait_final(&id).await;
     assert_eq!(d["state"], "RUNNING", "{d}");

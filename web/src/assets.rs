@@ -138,7 +138,10 @@ mod tests {
     #[test]
     fn urls_carry_the_content_hash() {
         let u = url("htmx.min.js");
-        assert!(u.starts_with("/assets/") && u.ends_with("/htmx.min.js"), "{u}");
+        assert!(
+            u.starts_with("/assets/") && u.ends_with("/htmx.min.js"),
+            "{u}"
+        );
         assert_eq!(u.len(), "/assets//htmx.min.js".len() + 16);
         assert_ne!(url("app.css"), url("app.js"));
     }

@@ -1,57 +1,127 @@
-//! Handlers: gather data from the control plane, pick a view.
+//! Handlers: gather data from the control plane, pick a view. Every
+//! state-changing handler is recorded in the audit trail, as the JSON API's
+//! are, so the trail does not depend on which front end was used.
+
+use std::collections::BTreeMap;
 
 use axum::Form;
 use axum::extract::rejection::FormRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, SET_COOKIE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use sdp_contract::Credentials;
-use sdp_control::{ApiError, ControlPlane, DeploymentFilter, SessionUser, sessions};
+use sdp_contract::{Credentials, DeploymentState, NodeKind};
+use sdp_control::audit::AuditEntry;
+use sdp_control::deployments::{CreateDeployment, ServiceOp};
+use sdp_control::environments::EnvironmentBody;
+use sdp_control::sandboxes::{SandboxBody, TemplateBody};
+use sdp_control::storage::AuditFilter;
+use sdp_control::{ApiError, DeploymentFilter, sessions};
+use serde_json::{Value, json};
 
-use crate::views::deployment::{self, DeploymentPage};
-use crate::views::deployments::{self, DeploymentsPage, Row};
+use crate::Web;
+use crate::logfile;
+use crate::security::Authed;
+use crate::views::audit::{self as audit_view, AuditFilters, AuditRow};
+use crate::views::deploy::{self, Branch, DeployForm, DeployPage};
+use crate::views::deployment::{self, DeploymentPage, Head};
+use crate::views::deployments::{self, DeploymentsPage, Filters, Row};
+use crate::views::environments::{self as env_view, EnvCard, EnvironmentsPage};
 use crate::views::error::{self, ErrorPage};
 use crate::views::login::{self, LoginPage};
+use crate::views::nodes::{self as nodes_view, NodeRow};
+use crate::views::sandboxes::{
+    self as sb_view, RouteRow, SandboxPage, SandboxRow, SandboxesPage, ServiceRow, Source,
+};
+use crate::views::templates::{self as tp_view, TemplateRow, TemplatesPage};
+use crate::views::{Viewer, qr};
 
-const STYLESHEET: &str = include_str!("../assets/app.css");
+/// How much of a log the deployment page carries; the rest is a link away,
+/// so a 100,000-line log does not make a multi-megabyte page.
+const PAGE_LOG_BYTES: usize = 48 * 1024;
 
-fn to_login() -> Response {
-    Redirect::to("/login").into_response()
+type Fields = Vec<(String, String)>;
+
+fn field<'a>(fields: &'a Fields, name: &str) -> &'a str {
+    fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .map_or("", |(_, v)| v.trim())
 }
 
-fn error_page(user: Option<&SessionUser>, e: &ApiError) -> Response {
+fn nonempty(s: &str) -> Option<String> {
+    let s = s.trim();
+    (!s.is_empty()).then(|| s.to_owned())
+}
+
+fn error_page(viewer: Option<Viewer>, e: &ApiError) -> Response {
     let page = ErrorPage {
-        user: user.map(|u| u.username.clone()),
+        viewer,
         title: e.status().canonical_reason().unwrap_or("Error").to_owned(),
         message: e.message().to_owned(),
     };
     (e.status(), error::render(&page)).into_response()
 }
 
-/// `GET /`: the deployment history, or the sign-in page without a session.
-pub async fn home(State(cp): State<ControlPlane>, headers: HeaderMap) -> Response {
-    let Some(user) = cp.session_user(&headers) else {
-        return to_login();
-    };
-    let filter = DeploymentFilter {
-        limit: 100,
-        ..Default::default()
-    };
-    match cp.deployments(&filter).await {
-        Ok(list) => deployments::render(&DeploymentsPage {
-            user: user.username,
-            rows: list.iter().map(Row::from).collect(),
-        })
-        .into_response(),
-        Err(e) => error_page(Some(&user), &e),
-    }
+fn see_other(to: &str) -> Response {
+    Redirect::to(to).into_response()
 }
 
+/// Where a successful form goes, with a message the next page shows once.
+fn see_other_msg(to: &str, msg: &str) -> Response {
+    let sep = if to.contains('?') { '&' } else { '?' };
+    let q = serde_urlencoded::to_string([("msg", msg)]).unwrap_or_default();
+    see_other(&format!("{to}{sep}{q}"))
+}
+
+async fn record<T>(web: &Web, a: &Authed, entry: AuditEntry, result: &Result<T, ApiError>) {
+    web.cp.audit(a.session.username(), entry, result).await;
+}
+
+/// Repositories the micro agents serve: what can be deployed as a service.
+fn repositories(web: &Web) -> Vec<String> {
+    let mut repos: Vec<String> = web
+        .cp
+        .nodes()
+        .into_iter()
+        .filter(|n| n.kind == NodeKind::Micro)
+        .flat_map(|n| n.repositories)
+        .collect();
+    repos.sort();
+    repos.dedup();
+    repos
+}
+
+async fn sandbox_names(web: &Web) -> Vec<String> {
+    web.cp
+        .sandboxes()
+        .await
+        .map(|l| l.into_iter().map(|s| s.name).collect())
+        .unwrap_or_default()
+}
+
+async fn environment_names(web: &Web) -> Vec<String> {
+    web.cp
+        .environments()
+        .await
+        .map(|l| l.into_iter().map(|e| e.name).collect())
+        .unwrap_or_default()
+}
+
+async fn template_names(web: &Web) -> Vec<String> {
+    web.cp
+        .templates()
+        .await
+        .map(|l| l.into_iter().map(|t| t.name).collect())
+        .unwrap_or_default()
+}
+
+// ------------------------------------------------------------- sign in/out
+
 /// `GET /login`
-pub async fn login_form(State(cp): State<ControlPlane>, headers: HeaderMap) -> Response {
-    if cp.session_user(&headers).is_some() {
-        return Redirect::to("/").into_response();
+pub async fn login_form(State(web): State<Web>, headers: HeaderMap) -> Response {
+    if web.cp.session_user(&headers).is_some() {
+        return see_other("/sandboxes");
     }
     login::render(&LoginPage::default()).into_response()
 }
@@ -59,7 +129,7 @@ pub async fn login_form(State(cp): State<ControlPlane>, headers: HeaderMap) -> R
 /// `POST /login`: signs in through the gateway agent; on failure the form
 /// again, with the reason.
 pub async fn login(
-    State(cp): State<ControlPlane>,
+    State(web): State<Web>,
     form: Result<Form<Credentials>, FormRejection>,
 ) -> Response {
     let Ok(Form(credentials)) = form else {
@@ -70,10 +140,10 @@ pub async fn login(
         return (StatusCode::BAD_REQUEST, login::render(&page)).into_response();
     };
     let username = credentials.username.clone();
-    match cp.login(credentials).await {
+    match web.cp.login(credentials).await {
         Ok(outcome) => (
-            [(SET_COOKIE, cp.session_cookie(&outcome.token))],
-            Redirect::to("/"),
+            [(SET_COOKIE, web.cp.session_cookie(&outcome.token))],
+            Redirect::to("/sandboxes"),
         )
             .into_response(),
         Err(e) => {
@@ -87,53 +157,874 @@ pub async fn login(
 }
 
 /// `POST /logout`
-pub async fn logout(State(cp): State<ControlPlane>, headers: HeaderMap) -> Response {
+pub async fn logout(State(web): State<Web>, headers: HeaderMap) -> Response {
     if let Some(token) = sessions::token_from_headers(&headers) {
-        cp.logout(&token);
+        web.cp.logout(&token);
     }
     (
-        [(SET_COOKIE, cp.expired_session_cookie())],
+        [(SET_COOKIE, web.cp.expired_session_cookie())],
         Redirect::to("/login"),
     )
         .into_response()
 }
 
-/// `GET /deployments/{id}`: stages and the log so far.
-pub async fn deployment(
-    State(cp): State<ControlPlane>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    let Some(user) = cp.session_user(&headers) else {
-        return to_login();
+// ------------------------------------------------------------- deployments
+
+/// `GET /`: the deployment history, filtered.
+pub async fn home(State(web): State<Web>, a: Authed, Query(filters): Query<Filters>) -> Response {
+    let state = DeploymentState::parse(&filters.state.to_ascii_uppercase());
+    let filter = DeploymentFilter {
+        sandbox: nonempty(&filters.sandbox),
+        repository: nonempty(&filters.repository),
+        user: nonempty(&filters.user),
+        state,
+        limit: 200,
     };
-    let found = match cp.deployment(&id).await {
-        Ok(found) => found,
-        Err(e) => return error_page(Some(&user), &e),
-    };
-    let Some(d) = found else {
-        let e = ApiError::not_found("no such deployment");
-        return error_page(Some(&user), &e);
-    };
-    match cp.deployment_log(&id).await {
-        Ok(log) => deployment::render(&DeploymentPage::new(
-            user.username,
-            &d,
-            log.unwrap_or_default(),
-        ))
+    match web.cp.deployments(&filter).await {
+        Ok(list) => deployments::render(&DeploymentsPage {
+            viewer: a.viewer,
+            filters,
+            rows: list.iter().map(Row::from).collect(),
+        })
         .into_response(),
-        Err(e) => error_page(Some(&user), &e),
+        Err(e) => error_page(Some(a.viewer), &e),
     }
 }
 
-/// `GET /assets/app.css`, embedded in the binary.
-pub async fn stylesheet() -> Response {
-    (
-        [
-            (CONTENT_TYPE, "text/css; charset=utf-8"),
-            (CACHE_CONTROL, "public, max-age=3600"),
-        ],
-        STYLESHEET,
+/// `GET /deployments/{id}`: stages, the end of the log, and the live stream
+/// that continues it.
+pub async fn deployment(State(web): State<Web>, a: Authed, Path(id): Path<String>) -> Response {
+    let d = match web.cp.deployment(&id).await {
+        Ok(Some(d)) => d,
+        Ok(None) => return error_page(Some(a.viewer), &ApiError::not_found("no such deployment")),
+        Err(e) => return error_page(Some(a.viewer), &e),
+    };
+    let (log_from, log, log_end) = match logfile::path(&web.cp, &id) {
+        Some(path) => logfile::tail(&path, PAGE_LOG_BYTES)
+            .await
+            .unwrap_or_default(),
+        None => Default::default(),
+    };
+    let head = Head::new(&d, &log, a.viewer.csrf.clone());
+    let page = DeploymentPage {
+        viewer: a.viewer,
+        head,
+        log,
+        log_from,
+        log_end,
+    };
+    deployment::render(&page).into_response()
+}
+
+/// `POST /deployments/{id}/{restart|stop|delete}`
+pub async fn deployment_action(
+    State(web): State<Web>,
+    a: Authed,
+    Path((id, action)): Path<(String, String)>,
+) -> Response {
+    let (op, name) = match action.as_str() {
+        "restart" => (ServiceOp::Restart, "deployment_restart"),
+        "stop" => (ServiceOp::Stop, "deployment_stop"),
+        "delete" => (ServiceOp::Delete, "deployment_delete"),
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    let before = web.cp.deployment(&id).await.ok().flatten();
+    let result = web.cp.deployment_op(&id, op).await;
+    let entry = AuditEntry {
+        action: name,
+        sandbox: before.as_ref().map(|d| d.sandbox.clone()),
+        repository: before.as_ref().map(|d| d.repository.clone()),
+        branch: before.as_ref().map(|d| d.branch.clone()),
+        environment: before.as_ref().and_then(|d| d.environment.clone()),
+        deployment: before.as_ref().map(|d| d.id.clone()),
+        detail: Some("dashboard".into()),
+    };
+    record(&web, &a, entry, &result).await;
+    match result {
+        Ok(Some(d)) => see_other(&format!("/deployments/{}", d.id)),
+        Ok(None) => match before {
+            Some(d) => see_other_msg(&format!("/sandboxes/{}", d.sandbox), "deployment deleted"),
+            None => see_other("/"),
+        },
+        Err(e) => error_page(Some(a.viewer), &e),
+    }
+}
+
+/// `GET /deploy`
+pub async fn deploy_form(
+    State(web): State<Web>,
+    a: Authed,
+    Query(form): Query<DeployForm>,
+) -> Response {
+    deploy_page(&web, a.viewer, form, None, StatusCode::OK).await
+}
+
+async fn deploy_page(
+    web: &Web,
+    viewer: Viewer,
+    form: DeployForm,
+    error: Option<String>,
+    status: StatusCode,
+) -> Response {
+    let branches = known_branches(web, &form.repository).await;
+    let page = DeployPage {
+        viewer,
+        repositories: repositories(web),
+        sandboxes: sandbox_names(web).await,
+        environments: environment_names(web).await,
+        branches,
+        form,
+        error,
+    };
+    (status, deploy::render(&page)).into_response()
+}
+
+/// Branches to suggest for `repository`: those deployed before, newest first.
+///
+/// The live list from the agent (`sdp.agent.{node}.branches`) needs the
+/// user's credentials sealed to it, which only the control plane can do; until
+/// it exposes that, history is the best guess, and any branch can be typed.
+async fn known_branches(web: &Web, repository: &str) -> Vec<Branch> {
+    if repository.is_empty() {
+        return Vec::new();
+    }
+    let filter = DeploymentFilter {
+        repository: Some(repository.to_owned()),
+        limit: 500,
+        ..Default::default()
+    };
+    let mut out: Vec<Branch> = Vec::new();
+    for d in web.cp.deployments(&filter).await.unwrap_or_default() {
+        if !out.iter().any(|b| b.name == d.branch) {
+            out.push(Branch {
+                name: d.branch.clone(),
+                commit: d.commit.clone().unwrap_or_default(),
+            });
+        }
+    }
+    out
+}
+
+#[derive(serde::Deserialize)]
+pub struct BranchQuery {
+    #[serde(default)]
+    repository: String,
+}
+
+/// `GET /branches?repository=`: the deploy form's suggestions (a fragment).
+pub async fn branches(State(web): State<Web>, _: Authed, Query(q): Query<BranchQuery>) -> Response {
+    deploy::branch_list(&known_branches(&web, &q.repository).await).into_response()
+}
+
+/// `POST /deploy`
+pub async fn deploy(State(web): State<Web>, a: Authed, Form(form): Form<DeployForm>) -> Response {
+    let port = match form.port.trim() {
+        "" => None,
+        p => match p.parse::<u16>() {
+            Ok(p) if p > 0 => Some(p),
+            _ => {
+                let msg = "the port must be a number from 1 to 65535, or empty to allocate one";
+                return deploy_page(
+                    &web,
+                    a.viewer,
+                    form,
+                    Some(msg.into()),
+                    StatusCode::BAD_REQUEST,
+                )
+                .await;
+            }
+        },
+    };
+    let req = CreateDeployment {
+        sandbox: form.sandbox.trim().to_owned(),
+        repository: form.repository.trim().to_owned(),
+        branch: form.branch.trim().to_owned(),
+        environment: nonempty(&form.environment),
+        port,
+    };
+    let result = web.cp.create_deployment(&a.session, &req).await;
+    let entry = AuditEntry {
+        action: "deployment_create",
+        sandbox: Some(req.sandbox.clone()),
+        repository: Some(req.repository.clone()),
+        branch: Some(req.branch.clone()),
+        environment: match &result {
+            Ok(d) => d.environment.clone(),
+            Err(_) => req.environment.clone(),
+        },
+        deployment: result.as_ref().ok().map(|d| d.id.clone()),
+        detail: Some("dashboard".into()),
+    };
+    record(&web, &a, entry, &result).await;
+    match result {
+        Ok(d) => see_other(&format!("/deployments/{}", d.id)),
+        Err(e) => {
+            let status = e.status();
+            deploy_page(&web, a.viewer, form, Some(e.message().to_owned()), status).await
+        }
+    }
+}
+
+// ------------------------------------------------------------------- nodes
+
+/// `GET /nodes`
+pub async fn nodes(State(web): State<Web>, a: Authed) -> Response {
+    let rows: Vec<NodeRow> = web.cp.nodes().iter().map(NodeRow::from).collect();
+    nodes_view::render(&a.viewer, &rows).into_response()
+}
+
+// ------------------------------------------------------------------- audit
+
+/// `GET /audit`
+pub async fn audit_page(
+    State(web): State<Web>,
+    a: Authed,
+    Query(f): Query<AuditFilters>,
+) -> Response {
+    let filter = AuditFilter {
+        user: nonempty(&f.user),
+        sandbox: nonempty(&f.sandbox),
+        repository: nonempty(&f.repository),
+        action: None,
+        limit: 300,
+    };
+    match web.cp.audit_log(&filter).await {
+        Ok(list) => {
+            let rows: Vec<AuditRow> = list.iter().map(AuditRow::from).collect();
+            audit_view::render(&a.viewer, &f, &rows).into_response()
+        }
+        Err(e) => error_page(Some(a.viewer), &e),
+    }
+}
+
+// ------------------------------------------------------------ environments
+
+/// `KEY=VALUE` lines into a map; blank lines and `#` comments skipped.
+fn parse_pairs(text: &str, what: &str) -> Result<BTreeMap<String, String>, ApiError> {
+    let mut out = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            return Err(ApiError::bad_request(format!(
+                "{what}, line {}: expected KEY=VALUE",
+                i + 1
+            )));
+        };
+        out.insert(k.trim().to_owned(), v.to_owned());
+    }
+    Ok(out)
+}
+
+async fn environments_page(
+    web: &Web,
+    viewer: Viewer,
+    error: Option<String>,
+    status: StatusCode,
+) -> Response {
+    match web.cp.environments().await {
+        Ok(list) => (
+            status,
+            env_view::render(&EnvironmentsPage {
+                viewer,
+                environments: list.iter().map(EnvCard::from).collect(),
+                error,
+            }),
+        )
+            .into_response(),
+        Err(e) => error_page(Some(viewer), &e),
+    }
+}
+
+/// `GET /environments`
+pub async fn environments(State(web): State<Web>, a: Authed) -> Response {
+    environments_page(&web, a.viewer, None, StatusCode::OK).await
+}
+
+fn env_body(fields: &Fields, with_name: bool) -> Result<EnvironmentBody, ApiError> {
+    let variables = parse_pairs(field(fields, "variables"), "variables")?;
+    let mut secrets: BTreeMap<String, Value> = parse_pairs(field(fields, "secrets"), "secrets")?
+        .into_iter()
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect();
+    for (k, v) in fields {
+        if k == "remove_secret" {
+            secrets.insert(v.clone(), Value::Null);
+        }
+    }
+    let mut body = json!({ "variables": variables, "secrets": secrets });
+    if with_name {
+        body["name"] = json!(field(fields, "name"));
+    }
+    serde_json::from_value(body).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+fn env_entry(action: &'static str, name: &str) -> AuditEntry {
+    AuditEntry {
+        action,
+        environment: Some(name.chars().take(80).collect()),
+        detail: Some("dashboard".into()),
+        ..Default::default()
+    }
+}
+
+/// `POST /environments`
+pub async fn environment_create(
+    State(web): State<Web>,
+    a: Authed,
+    Form(fields): Form<Fields>,
+) -> Response {
+    let name = field(&fields, "name").to_owned();
+    let result = match env_body(&fields, true) {
+        Ok(body) => web.cp.create_environment(&body).await,
+        Err(e) => Err(e),
+    };
+    record(&web, &a, env_entry("environment_create", &name), &result).await;
+    match result {
+        Ok(_) => see_other("/environments"),
+        Err(e) => environments_page(&web, a.viewer, Some(e.message().to_owned()), e.status()).await,
+    }
+}
+
+/// `POST /environments/{name}`
+pub async fn environment_update(
+    State(web): State<Web>,
+    a: Authed,
+    Path(name): Path<String>,
+    Form(fields): Form<Fields>,
+) -> Response {
+    let result = match env_body(&fields, false) {
+        Ok(body) => web.cp.update_environment(&name, &body).await,
+        Err(e) => Err(e),
+    };
+    record(&web, &a, env_entry("environment_update", &name), &result).await;
+    match result {
+        Ok(_) => see_other("/environments"),
+        Err(e) => environments_page(&web, a.viewer, Some(e.message().to_owned()), e.status()).await,
+    }
+}
+
+/// `POST /environments/{name}/delete`
+pub async fn environment_delete(
+    State(web): State<Web>,
+    a: Authed,
+    Path(name): Path<String>,
+) -> Response {
+    let result = web.cp.delete_environment(&name).await;
+    record(&web, &a, env_entry("environment_delete", &name), &result).await;
+    match result {
+        Ok(()) => see_other("/environments"),
+        Err(e) => environments_page(&web, a.viewer, Some(e.message().to_owned()), e.status()).await,
+    }
+}
+
+// -------------------------------------------------------------- sandboxes
+
+/// The services part of a sandbox or template form: `mode.{svc}` is
+/// `branch`, `ocp` or empty (left out), `branch.{svc}` the branch.
+fn services_from(fields: &Fields) -> Result<BTreeMap<String, Value>, ApiError> {
+    let mut out = BTreeMap::new();
+    for (k, mode) in fields {
+        let Some(svc) = k.strip_prefix("mode.") else {
+            continue;
+        };
+        match mode.as_str() {
+            "" => {}
+            "ocp" => {
+                out.insert(svc.to_owned(), json!({ "use_ocp": true }));
+            }
+            "branch" => {
+                let branch = field(fields, &format!("branch.{svc}"));
+                if branch.is_empty() {
+                    return Err(ApiError::bad_request(format!(
+                        "{svc}: enter a branch, or choose OCP"
+                    )));
+                }
+                out.insert(svc.to_owned(), json!({ "branch": branch }));
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "{svc}: unknown source {other:?}"
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn spec_body(fields: &Fields) -> Result<Value, ApiError> {
+    let mut body = json!({ "name": field(fields, "name"), "services": services_from(fields)? });
+    let gateway = field(fields, "gateway_branch");
+    body["gateway"] = json!({ "branch": if gateway.is_empty() { "main" } else { gateway } });
+    if let Some(env) = nonempty(field(fields, "environment")) {
+        body["environment"] = json!(env);
+    }
+    if let Some(t) = nonempty(field(fields, "template")) {
+        body["template"] = json!(t);
+        // A template supplies what the form leaves out.
+        if field(fields, "gateway_branch").is_empty() {
+            body.as_object_mut().map(|o| o.remove("gateway"));
+        }
+        if body["services"]
+            .as_object()
+            .is_some_and(serde_json::Map::is_empty)
+        {
+            body.as_object_mut().map(|o| o.remove("services"));
+        }
+    }
+    Ok(body)
+}
+
+fn sandbox_entry(action: &'static str, name: &str, detail: &str) -> AuditEntry {
+    AuditEntry {
+        action,
+        sandbox: Some(name.chars().take(80).collect()),
+        detail: Some(detail.to_owned()),
+        ..Default::default()
+    }
+}
+
+async fn sandboxes_page(
+    web: &Web,
+    viewer: Viewer,
+    error: Option<String>,
+    status: StatusCode,
+) -> Response {
+    let list = match web.cp.sandboxes().await {
+        Ok(list) => list,
+        Err(e) => return error_page(Some(viewer), &e),
+    };
+    let page = SandboxesPage {
+        viewer,
+        sandboxes: list.iter().map(SandboxRow::from).collect(),
+        repositories: repositories(web),
+        templates: template_names(web).await,
+        environments: environment_names(web).await,
+        error,
+    };
+    (status, sb_view::overview(&page)).into_response()
+}
+
+/// `GET /sandboxes`: the overview.
+pub async fn sandboxes(State(web): State<Web>, a: Authed) -> Response {
+    sandboxes_page(&web, a.viewer, None, StatusCode::OK).await
+}
+
+/// `POST /sandboxes`
+pub async fn sandbox_create(
+    State(web): State<Web>,
+    a: Authed,
+    Form(fields): Form<Fields>,
+) -> Response {
+    let name = field(&fields, "name").to_owned();
+    let result = match spec_body(&fields).and_then(|b| {
+        serde_json::from_value::<SandboxBody>(b).map_err(|e| ApiError::bad_request(e.to_string()))
+    }) {
+        Ok(body) => web.cp.create_sandbox(&a.session, &body).await,
+        Err(e) => Err(e),
+    };
+    record(
+        &web,
+        &a,
+        sandbox_entry("sandbox_create", &name, "dashboard"),
+        &result,
     )
-        .into_response()
+    .await;
+    match result {
+        Ok(s) => see_other(&format!("/sandboxes/{}", s.name)),
+        Err(e) => sandboxes_page(&web, a.viewer, Some(e.message().to_owned()), e.status()).await,
+    }
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+pub struct MsgQuery {
+    msg: String,
+}
+
+/// `GET /sandboxes/{name}`; `/sandboxes/{name}/qr.svg` is its QR code.
+pub async fn sandbox(
+    State(web): State<Web>,
+    a: Authed,
+    Path(name): Path<String>,
+    Query(q): Query<MsgQuery>,
+) -> Response {
+    sandbox_page(
+        &web,
+        a.viewer,
+        &name,
+        nonempty(&q.msg),
+        None,
+        StatusCode::OK,
+    )
+    .await
+}
+
+async fn sandbox_page(
+    web: &Web,
+    viewer: Viewer,
+    name: &str,
+    message: Option<String>,
+    error: Option<String>,
+    status: StatusCode,
+) -> Response {
+    let s = match web.cp.sandbox(name).await {
+        Ok(s) => s,
+        Err(e) => return error_page(Some(viewer), &e),
+    };
+    let history = web
+        .cp
+        .deployments(&DeploymentFilter {
+            sandbox: Some(s.name.clone()),
+            limit: 500,
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_default();
+    let latest = |repo: &str| {
+        history
+            .iter()
+            .find(|d| d.repository == repo)
+            .map(|d| (d.id.clone(), d.state))
+    };
+    let routes = web.cp.routes(&s.name).await.unwrap_or_default();
+    let row = SandboxRow::from(&s);
+    let page = SandboxPage {
+        services: s
+            .services
+            .iter()
+            .map(|(svc, v)| ServiceRow {
+                name: svc.clone(),
+                source: Source::from_value(v),
+                port: v
+                    .get("port")
+                    .and_then(Value::as_u64)
+                    .and_then(|p| u16::try_from(p).ok()),
+                latest: latest(svc),
+            })
+            .collect(),
+        gateway_latest: latest(&web.cp.config().gateway_repository),
+        routes: routes
+            .iter()
+            .map(|(svc, r)| RouteRow {
+                service: svc.clone(),
+                mode: r.mode.as_str().to_owned(),
+                target: r.target.clone(),
+                ocp_default: r.ocp_default.clone(),
+                live: r.live,
+            })
+            .collect(),
+        qr: qr::svg(&row.gateway_url),
+        environment: s.environment.clone(),
+        sandbox: row,
+        viewer,
+        message,
+        error,
+    };
+    (status, sb_view::detail(&page)).into_response()
+}
+
+/// `POST /sandboxes/{name}/{deploy|clone|delete}`
+pub async fn sandbox_action(
+    State(web): State<Web>,
+    a: Authed,
+    Path((name, action)): Path<(String, String)>,
+    Form(fields): Form<Fields>,
+) -> Response {
+    let outcome: Result<Response, ApiError> = match action.as_str() {
+        "deploy" => {
+            let only: Vec<String> = fields
+                .iter()
+                .filter(|(k, _)| k == "service")
+                .map(|(_, v)| v.clone())
+                .collect();
+            let services = (!only.is_empty()).then_some(only.as_slice());
+            // `deploy_sandbox` records each deployment in the audit trail.
+            web.cp
+                .deploy_sandbox(&a.session, &name, services)
+                .await
+                .map(|list| match list.as_slice() {
+                    [one] => see_other(&format!("/deployments/{}", one.id)),
+                    _ => see_other_msg(
+                        &format!("/sandboxes/{name}"),
+                        &format!("{} deployments queued", list.len()),
+                    ),
+                })
+        }
+        "clone" => {
+            let to = field(&fields, "name").to_owned();
+            let result = web.cp.clone_sandbox(&a.session, &name, &to).await;
+            record(
+                &web,
+                &a,
+                sandbox_entry("sandbox_clone", &to, &format!("dashboard, from {name}")),
+                &result,
+            )
+            .await;
+            result.map(|s| see_other(&format!("/sandboxes/{}", s.name)))
+        }
+        "delete" => {
+            let result = web.cp.delete_sandbox(&name).await;
+            record(
+                &web,
+                &a,
+                sandbox_entry("sandbox_delete", &name, "dashboard"),
+                &result,
+            )
+            .await;
+            result.map(|warnings| {
+                if warnings.is_empty() {
+                    see_other("/sandboxes")
+                } else {
+                    see_other_msg("/sandboxes", &warnings.join("; "))
+                }
+            })
+        }
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    match outcome {
+        Ok(r) => r,
+        Err(e) => {
+            sandbox_page(
+                &web,
+                a.viewer,
+                &name,
+                None,
+                Some(e.message().to_owned()),
+                e.status(),
+            )
+            .await
+        }
+    }
+}
+
+/// `GET /sandboxes/{name}/qr.svg`: the gateway URL as a QR code.
+pub async fn sandbox_qr(State(web): State<Web>, _: Authed, Path(name): Path<String>) -> Response {
+    match web.cp.sandbox(&name).await {
+        Ok(s) => match qr::svg(&s.gateway_url) {
+            Some(svg) => (
+                [
+                    (CONTENT_TYPE, "image/svg+xml"),
+                    (CACHE_CONTROL, "private, max-age=60"),
+                ],
+                svg.into_string(),
+            )
+                .into_response(),
+            None => StatusCode::NOT_FOUND.into_response(),
+        },
+        Err(e) => e.status().into_response(),
+    }
+}
+
+/// `POST /sandboxes/{name}/routes/{service}` `mode=sandbox|ocp`
+pub async fn route_toggle(
+    State(web): State<Web>,
+    a: Authed,
+    Path((name, service)): Path<(String, String)>,
+    Form(fields): Form<Fields>,
+) -> Response {
+    let mode = field(&fields, "mode").to_owned();
+    let result = web.cp.set_route(&name, &service, &mode).await;
+    let entry = AuditEntry {
+        action: "route_set",
+        sandbox: Some(name.chars().take(80).collect()),
+        repository: Some(service.chars().take(80).collect()),
+        detail: Some(format!(
+            "dashboard: mode {}",
+            mode.chars().take(16).collect::<String>()
+        )),
+        ..Default::default()
+    };
+    record(&web, &a, entry, &result).await;
+    match result {
+        Ok(_) => see_other_msg(
+            &format!("/sandboxes/{name}"),
+            &format!("{service} now routes to {mode}"),
+        ),
+        Err(e) => {
+            sandbox_page(
+                &web,
+                a.viewer,
+                &name,
+                None,
+                Some(e.message().to_owned()),
+                e.status(),
+            )
+            .await
+        }
+    }
+}
+
+// -------------------------------------------------------------- templates
+
+async fn templates_page(
+    web: &Web,
+    viewer: Viewer,
+    error: Option<String>,
+    status: StatusCode,
+) -> Response {
+    match web.cp.templates().await {
+        Ok(list) => (
+            status,
+            tp_view::render(&TemplatesPage {
+                viewer,
+                templates: list.iter().map(TemplateRow::from).collect(),
+                repositories: repositories(web),
+                environments: environment_names(web).await,
+                error,
+            }),
+        )
+            .into_response(),
+        Err(e) => error_page(Some(viewer), &e),
+    }
+}
+
+/// `GET /templates`
+pub async fn templates(State(web): State<Web>, a: Authed) -> Response {
+    templates_page(&web, a.viewer, None, StatusCode::OK).await
+}
+
+fn template_entry(action: &'static str, name: &str) -> AuditEntry {
+    AuditEntry {
+        action,
+        detail: Some(format!(
+            "dashboard: template {}",
+            name.chars().take(80).collect::<String>()
+        )),
+        ..Default::default()
+    }
+}
+
+/// `POST /templates`
+pub async fn template_create(
+    State(web): State<Web>,
+    a: Authed,
+    Form(fields): Form<Fields>,
+) -> Response {
+    let name = field(&fields, "name").to_owned();
+    let result = match spec_body(&fields).and_then(|b| {
+        serde_json::from_value::<TemplateBody>(b).map_err(|e| ApiError::bad_request(e.to_string()))
+    }) {
+        Ok(body) => web.cp.create_template(&body).await,
+        Err(e) => Err(e),
+    };
+    record(&web, &a, template_entry("template_create", &name), &result).await;
+    match result {
+        Ok(_) => see_other("/templates"),
+        Err(e) => templates_page(&web, a.viewer, Some(e.message().to_owned()), e.status()).await,
+    }
+}
+
+/// `POST /templates/{name}/{sandbox|delete}`
+pub async fn template_action(
+    State(web): State<Web>,
+    a: Authed,
+    Path((name, action)): Path<(String, String)>,
+    Form(fields): Form<Fields>,
+) -> Response {
+    match action.as_str() {
+        "sandbox" => {
+            let to = field(&fields, "name").to_owned();
+            let body = json!({ "name": to, "template": name });
+            let result = match serde_json::from_value::<SandboxBody>(body) {
+                Ok(body) => web.cp.create_sandbox(&a.session, &body).await,
+                Err(e) => Err(ApiError::bad_request(e.to_string())),
+            };
+            let detail = format!(
+                "dashboard, from template {}",
+                name.chars().take(80).collect::<String>()
+            );
+            record(
+                &web,
+                &a,
+                sandbox_entry("sandbox_create", &to, &detail),
+                &result,
+            )
+            .await;
+            match result {
+                Ok(s) => see_other(&format!("/sandboxes/{}", s.name)),
+                Err(e) => {
+                    templates_page(&web, a.viewer, Some(e.message().to_owned()), e.status()).await
+                }
+            }
+        }
+        "delete" => {
+            let result = web.cp.delete_template(&name).await;
+            record(&web, &a, template_entry("template_delete", &name), &result).await;
+            match result {
+                Ok(()) => see_other("/templates"),
+                Err(e) => {
+                    templates_page(&web, a.viewer, Some(e.message().to_owned()), e.status()).await
+                }
+            }
+        }
+        _ => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(pairs: &[(&str, &str)]) -> Fields {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn pairs_parse_line_by_line() {
+        let m = parse_pairs("A=1\n\n# c\nB = x=y\r\n", "variables").unwrap();
+        assert_eq!(m["A"], "1");
+        assert_eq!(m["B"], " x=y");
+        assert!(
+            parse_pairs("nope", "variables")
+                .unwrap_err()
+                .message()
+                .contains("line 1")
+        );
+    }
+
+    #[test]
+    fn service_choices_become_the_api_shape() {
+        let s = services_from(&f(&[
+            ("mode.account", "branch"),
+            ("branch.account", "feature/x"),
+            ("mode.eredar", "ocp"),
+            ("branch.eredar", "ignored"),
+            ("mode.other", ""),
+        ]))
+        .unwrap();
+        assert_eq!(s["account"], json!({"branch": "feature/x"}));
+        assert_eq!(s["eredar"], json!({"use_ocp": true}));
+        assert!(!s.contains_key("other"));
+        assert!(services_from(&f(&[("mode.account", "branch")])).is_err());
+    }
+
+    #[test]
+    fn a_sandbox_from_a_template_keeps_the_template_s_choices() {
+        let b = spec_body(&f(&[("name", "qa"), ("template", "mobile")])).unwrap();
+        assert_eq!(b, json!({"name": "qa", "template": "mobile"}));
+        let b = spec_body(&f(&[("name", "qa")])).unwrap();
+        assert_eq!(b["gateway"], json!({"branch": "main"}));
+    }
+
+    #[test]
+    fn secrets_are_set_or_removed_never_read() {
+        let body = env_body(
+            &f(&[
+                ("variables", "A=1"),
+                ("secrets", "S=hunter2"),
+                ("remove_secret", "OLD"),
+            ]),
+            false,
+        )
+        .unwrap();
+        let secrets = body.layer.secrets.unwrap();
+        assert_eq!(secrets["S"].as_deref(), Some("hunter2"));
+        assert_eq!(secrets["OLD"], None);
+    }
 }

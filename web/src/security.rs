@@ -126,12 +126,13 @@ pub async fn guard(State(web): State<Web>, req: Request, next: Next) -> Response
     if path == "/login" {
         return next.run(req).await;
     }
-    let Some(token) = sessions::token_from_headers(req.headers()) else {
+    let token = sessions::token_from_headers(req.headers());
+    let Some(token) = token.filter(|_| web.cp.session(req.headers()).is_some()) else {
+        if path == "/logout" {
+            return next.run(req).await;
+        }
         return to_login(req.headers());
     };
-    if web.cp.session(req.headers()).is_none() {
-        return to_login(req.headers());
-    }
     if let Some(given) = req.headers().get(CSRF_HEADER).and_then(|v| v.to_str().ok()) {
         return if web.csrf.verify(&token, given) {
             next.run(req).await
@@ -159,7 +160,8 @@ pub async fn guard(State(web): State<Web>, req: Request, next: Next) -> Response
     if !ok {
         return forbidden("the form has expired: reload the page and try again");
     }
-    next.run(Request::from_parts(parts, Body::from(bytes))).await
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
 }
 
 #[cfg(test)]

@@ -160,7 +160,7 @@ async fn deploy(shared: &Arc<Shared>, payload: &[u8]) -> Result<Ack, AgentError>
     let branch = BranchName::parse(&request.branch).map_err(bad_name)?;
     if config.kind == NodeKind::Gateway {
         // Checked now, so a bad URL is a refusal, not a failed deployment.
-        crate::gateway::wanted(&routes, &Default::default(), "", false).map_err(bad_request)?;
+        crate::gateway::wanted(&routes, &Default::default()).map_err(bad_request)?;
     }
     if request.port == 0 {
         return Err(bad_request("the host port must not be 0"));

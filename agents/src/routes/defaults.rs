@@ -94,7 +94,11 @@ impl OcpDefaults {
             })
     }
 
-    pub async fn get(&self, repository: &str, branch: &str) -> Result<Option<Routes>, DefaultsError> {
+    pub async fn get(
+        &self,
+        repository: &str,
+        branch: &str,
+    ) -> Result<Option<Routes>, DefaultsError> {
         let _turn = self.lock.lock().await;
         let mut store = self.load().await?;
         Ok(store
@@ -118,7 +122,10 @@ mod tests {
         d.record("erangel", "feature/x", &feature).await.unwrap();
         let again = OcpDefaults::new(dir.path());
         assert_eq!(again.get("erangel", "main").await.unwrap(), Some(main));
-        assert_eq!(again.get("erangel", "feature/x").await.unwrap(), Some(feature));
+        assert_eq!(
+            again.get("erangel", "feature/x").await.unwrap(),
+            Some(feature)
+        );
         assert_eq!(again.get("other", "main").await.unwrap(), None);
     }
 
@@ -126,7 +133,13 @@ mod tests {
     async fn a_corrupt_file_is_an_error_not_an_empty_snapshot() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(FILE_NAME), "{not json").unwrap();
-        let err = OcpDefaults::new(dir.path()).get("e", "main").await.unwrap_err();
-        assert!(err.to_string().contains("not a valid OCP defaults file"), "{err}");
+        let err = OcpDefaults::new(dir.path())
+            .get("e", "main")
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("not a valid OCP defaults file"),
+            "{err}"
+        );
     }
 }

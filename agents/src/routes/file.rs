@@ -6,7 +6,10 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+
 use super::defaults::Routes;
+use super::patcher::Change;
 use super::{RouteError, patcher};
 use crate::atomic;
 
@@ -38,10 +41,12 @@ pub struct Rewritten {
 }
 
 async fn load(path: &Path) -> Result<Vec<u8>, FileError> {
-    tokio::fs::read(path).await.map_err(|source| FileError::Read {
-        path: path.to_owned(),
-        source,
-    })
+    tokio::fs::read(path)
+        .await
+        .map_err(|source| FileError::Read {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 /// The map in the file at `path`.
@@ -50,16 +55,20 @@ pub async fn read(path: &Path) -> Result<Routes, FileError> {
     Ok(patcher::read(super::text(&bytes)?)?)
 }
 
-/// Routes the services of `changes` to their URLs in the file at `path`.
-/// `lint` gets the staged file's path and says whether PHP accepts it.
-pub async fn rewrite<L, F>(path: &Path, changes: &Routes, lint: L) -> Result<Rewritten, FileError>
+/// Applies `changes` to the file at `path`. `lint` gets the staged file's
+/// path and says whether PHP accepts it.
+pub async fn rewrite<L, F>(
+    path: &Path,
+    changes: &BTreeMap<String, Change>,
+    lint: L,
+) -> Result<Rewritten, FileError>
 where
     L: FnOnce(PathBuf) -> F,
     F: Future<Output = Result<(), String>>,
 {
     let bytes = load(path).await?;
     let old = super::text(&bytes)?;
-    let new = patcher::patch(old, changes)?;
+    let new = patcher::apply(old, changes)?;
     let routes = patcher::read(&new)?;
     if new == old {
         return Ok(Rewritten {
@@ -71,7 +80,9 @@ where
         path: path.to_owned(),
         source,
     };
-    let staged = atomic::stage(path, new.as_bytes()).await.map_err(write_err)?;
+    let staged = atomic::stage(path, new.as_bytes())
+        .await
+        .map_err(write_err)?;
     if let Err(message) = lint(staged.clone()).await {
         let _ = tokio::fs::remove_file(&staged).await;
         return Err(FileError::Invalid(message));
@@ -89,8 +100,8 @@ mod tests {
 
     const CONFIG: &str = "<?php\n$config['_url'] = array(\n    'account' => 'http://ocp-a',\n);\n";
 
-    fn changes(url: &str) -> Routes {
-        Routes::from([("account".to_owned(), url.to_owned())])
+    fn changes(url: &str) -> BTreeMap<String, Change> {
+        BTreeMap::from([("account".to_owned(), Change::Set(url.to_owned()))])
     }
 
     #[tokio::test]

@@ -34,6 +34,17 @@ struct Entry {
     /// Between the value's quotes: the only bytes a change rewrites.
     inner: Range<usize>,
     quote: Quote,
+    /// Array entries: the end of the comma that follows, if one does.
+    comma_end: Option<usize>,
+}
+
+/// What to do to one service's route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Set(String),
+    /// Drop the service from the map: what "route to OCP" means for a
+    /// service the branch itself does not route.
+    Remove,
 }
 
 #[derive(Debug, Clone)]
@@ -65,6 +76,29 @@ pub fn read(text: &str) -> Result<BTreeMap<String, String>, RouteError> {
 /// `text` with each service of `changes` routed to its URL.
 pub fn patch(text: &str, changes: &BTreeMap<String, String>) -> Result<String, RouteError> {
     RouteMap::parse(text)?.patch(changes)
+}
+
+/// `text` with `changes` applied: removals first, then the new URLs.
+pub fn apply(text: &str, changes: &BTreeMap<String, Change>) -> Result<String, RouteError> {
+    let mut set = BTreeMap::new();
+    let mut remove = Vec::new();
+    for (service, change) in changes {
+        match change {
+            Change::Set(url) => {
+                set.insert(service.clone(), url.clone());
+            }
+            Change::Remove => remove.push(service.as_str()),
+        }
+    }
+    let map = RouteMap::parse(text)?;
+    for (service, url) in &set {
+        check_url(service, url)?;
+    }
+    let removed = map.remove(&remove);
+    if removed == text {
+        return map.patch(&set);
+    }
+    RouteMap::parse(&removed)?.patch(&set)
 }
 
 /// Checks a URL before it is written into PHP source.
@@ -160,6 +194,65 @@ impl<'a> RouteMap<'a> {
         Ok(out)
     }
 
+    /// `text` without any statement or entry that gives `services` their
+    /// live value, each taken out with its line when it has one to itself.
+    fn remove(&self, services: &[&str]) -> String {
+        let text = self.text;
+        let removed = |e: &Entry| services.contains(&e.service.as_str());
+        let last_whole = self
+            .statements
+            .iter()
+            .rposition(|s| matches!(s, Statement::Whole { .. }));
+        // With no array and every line removed, no map would be left at
+        // all: the last line becomes an empty array instead.
+        let last_single_goes = last_whole.is_none()
+            && self.statements.iter().all(|s| match s {
+                Statement::Single { entry, .. } => removed(entry),
+                Statement::Whole { .. } => false,
+            });
+        let mut cuts: Vec<(Range<usize>, &str)> = Vec::new();
+        let from = last_whole.unwrap_or(0);
+        let count = self.statements.len();
+        for (n, statement) in self.statements.iter().enumerate().skip(from) {
+            match statement {
+                Statement::Single { entry, stmt } if removed(entry) => {
+                    if last_single_goes && n + 1 == count {
+                        cuts.push((stmt.clone(), "$config['_url'] = array();"));
+                    } else {
+                        cuts.push((whole_lines(text, stmt.clone()), ""));
+                    }
+                }
+                Statement::Single { .. } => {}
+                Statement::Whole { entries, .. } => {
+                    for (i, e) in entries.iter().enumerate().filter(|(_, e)| removed(e)) {
+                        match e.comma_end {
+                            Some(end) => cuts.push((whole_lines(text, e.key.start..end), "")),
+                            None => {
+                                // The last entry, without a comma of its own:
+                                // the comma before it goes with it.
+                                let kept = entries[..i].iter().rev().find(|k| !removed(k));
+                                let start = kept.map_or(e.key.start, |k| k.value_span.end);
+                                cuts.push((start..e.value_span.end, ""));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        cuts.sort_by_key(|(r, _)| r.start);
+        let mut out = String::with_capacity(text.len());
+        let mut at = 0;
+        for (cut, with) in cuts {
+            if cut.start > at {
+                out.push_str(&text[at..cut.start]);
+            }
+            out.push_str(with);
+            at = at.max(cut.end);
+        }
+        out.push_str(&text[at..]);
+        out
+    }
+
     /// New entries, after the statement that decides the map last, written
     /// the way its own entries are.
     fn insertions(&self, added: &[(&str, &str)]) -> Vec<(Range<usize>, String)> {
@@ -191,7 +284,11 @@ impl<'a> RouteMap<'a> {
                     let list: Vec<String> = added
                         .iter()
                         .map(|(s, u)| {
-                            format!("{} => {}", quoted(s, Quote::Single), quoted(u, Quote::Single))
+                            format!(
+                                "{} => {}",
+                                quoted(s, Quote::Single),
+                                quoted(u, Quote::Single)
+                            )
                         })
                         .collect();
                     return vec![(*open..*open, list.join(", "))];
@@ -258,6 +355,26 @@ fn after_line(text: &str, end: usize, block: String) -> (Range<usize>, String) {
     } else {
         let block = block.trim_end_matches('\n');
         (end..end, format!("\n{block}"))
+    }
+}
+
+/// `range` widened to its whole lines when nothing else is on them but
+/// blanks and a trailing line comment.
+fn whole_lines(text: &str, range: Range<usize>) -> Range<usize> {
+    let start = line_start(text, range.start);
+    let before_blank = text[start..range.start]
+        .bytes()
+        .all(|b| b == b' ' || b == b'\t');
+    let rest_end = text[range.end..]
+        .find('\n')
+        .map_or(text.len(), |p| range.end + p);
+    let rest = text[range.end..rest_end].trim();
+    let after_quiet = rest.is_empty()
+        || ((rest.starts_with("//") || rest.starts_with('#')) && !rest.contains("?>"));
+    if before_blank && after_quiet && rest_end < text.len() {
+        start..rest_end + 1
+    } else {
+        range
     }
 }
 
@@ -329,11 +446,7 @@ impl Parser<'_> {
     /// A statement starting with `$config['_url']` at `start`, `at` just
     /// after it. Reads of the map (`$x = $config['_url'];`) are no
     /// statement of ours.
-    fn statement(
-        &self,
-        start: usize,
-        at: usize,
-    ) -> Result<(Option<Statement>, usize), RouteError> {
+    fn statement(&self, start: usize, at: usize) -> Result<(Option<Statement>, usize), RouteError> {
         if self.is(at, &Tok::Punct('=')) {
             return self.whole(at + 1).map(|(s, next)| (Some(s), next));
         }
@@ -387,19 +500,23 @@ impl Parser<'_> {
             if !self.is(i + 1, &Tok::Arrow) {
                 return Err(self.error(i + 1, format!("expected '=>' after '{}'", key.0)));
             }
-            let (entry, after) = self.value(key, i + 2)?;
-            entries.push(entry);
+            let (mut entry, after) = self.value(key, i + 2)?;
             trailing_comma = None;
             if self.is(after, &Tok::Punct(',')) {
                 trailing_comma = Some(self.toks[after].span.end);
+                entry.comma_end = trailing_comma;
+                entries.push(entry);
                 i = after + 1;
             } else if self.is(after, &Tok::Punct(closer)) {
+                entries.push(entry);
                 i = after;
             } else {
-                let service = entries.last().map_or("", |e| e.service.as_str());
                 return Err(self.error(
                     after,
-                    format!("the URL of '{service}' is not a plain quoted string"),
+                    format!(
+                        "the URL of '{}' is not a plain quoted string",
+                        entry.service
+                    ),
                 ));
             }
         }
@@ -426,7 +543,10 @@ impl Parser<'_> {
                     },
                 span,
             }) => Ok((v.clone(), span.clone(), *quote)),
-            _ => Err(self.error(at, "a service name in $config['_url'] is not a quoted string")),
+            _ => Err(self.error(
+                at,
+                "a service name in $config['_url'] is not a quoted string",
+            )),
         }
     }
 
@@ -438,11 +558,12 @@ impl Parser<'_> {
     ) -> Result<(Entry, usize), RouteError> {
         match self.toks.get(at) {
             Some(Token {
-                tok: Tok::Str {
-                    quote,
-                    inner,
-                    value,
-                },
+                tok:
+                    Tok::Str {
+                        quote,
+                        inner,
+                        value,
+                    },
                 span,
             }) => match value {
                 Ok(value) => Ok((
@@ -454,6 +575,7 @@ impl Parser<'_> {
                         value_span: span.clone(),
                         inner: inner.clone(),
                         quote: *quote,
+                        comma_end: None,
                     },
                     at + 1,
                 )),

@@ -134,7 +134,10 @@ pub fn tokens(text: &str) -> Result<Vec<Token>, RouteError> {
                     span: start..i,
                 });
             }
-            b'$' if b.get(i + 1).is_some_and(|&n| is_ident(n) && !n.is_ascii_digit()) => {
+            b'$' if b
+                .get(i + 1)
+                .is_some_and(|&n| is_ident(n) && !n.is_ascii_digit()) =>
+            {
                 i += 1;
                 while i < b.len() && is_ident(b[i]) {
                     i += 1;
@@ -398,7 +401,12 @@ mod tests {
 
     #[test]
     fn unclosed_things_name_their_line() {
-        for src in ["<?php\n\n'abc", "<?php\n\n/* x", "<?php\n\n\"x", "<?php\n\n<<<A\nx"] {
+        for src in [
+            "<?php\n\n'abc",
+            "<?php\n\n/* x",
+            "<?php\n\n\"x",
+            "<?php\n\n<<<A\nx",
+        ] {
             match tokens(src) {
                 Err(RouteError::Syntax { line, .. }) => assert_eq!(line, 3, "{src:?}"),
                 other => panic!("{src:?}: {other:?}"),

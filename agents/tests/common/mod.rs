@@ -420,13 +420,19 @@ impl TestAgent {
 
     /// Sends a deployment and collects its messages until its final state.
     pub async fn deploy(&self, request: &DeployRequest) -> Deployment {
+        self.deploy_body(&request.deployment, request).await
+    }
+
+    /// Sends any deploy body (a gateway's carries routes) for deployment
+    /// `id` and collects its messages until its final state.
+    pub async fn deploy_body<B: Serialize>(&self, id: &str, body: &B) -> Deployment {
         let mut sub = self
             .nats
-            .subscribe(format!("sdp.deploy.{}.*", request.deployment))
+            .subscribe(format!("sdp.deploy.{id}.*"))
             .await
             .unwrap();
         self.nats.flush().await.unwrap();
-        let ack: Reply<sdp_contract::Ack> = self.call(AgentOp::Deploy, request).await;
+        let ack: Reply<sdp_contract::Ack> = self.call(AgentOp::Deploy, body).await;
         assert!(ack.into_result().expect("deploy is acknowledged").accepted);
         collect(&mut sub, Duration::from_secs(300)).await
     }

@@ -21,7 +21,11 @@ pub fn nats_server_bin() -> PathBuf {
     if let Ok(p) = std::env::var("NATS_SERVER_BIN") {
         return PathBuf::from(p);
     }
-    for p in ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"] {
+    for p in [
+        "/usr/sbin/nats-server",
+        "/usr/bin/nats-server",
+        "/usr/local/bin/nats-server",
+    ] {
         if std::path::Path::new(p).exists() {
             return PathBuf::from(p);
         }
@@ -80,6 +84,8 @@ pub struct Cfg {
     pub users: Vec<UserSpec>,
     /// PEM files for TLS.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Serve HTTP monitoring (on `monitor_port`).
+    pub monitor_port: Option<u16>,
 }
 
 fn list(v: &[&str]) -> String {
@@ -90,6 +96,9 @@ fn list(v: &[&str]) -> String {
 impl Cfg {
     pub fn nats_conf(&self, port: u16) -> String {
         let mut c = format!("listen: \"127.0.0.1:{port}\"\n");
+        if let Some(p) = self.monitor_port {
+            c += &format!("http: \"127.0.0.1:{p}\"\n");
+        }
         if let Some(v) = self.max_payload {
             c += &format!("max_payload: {v}\n");
         }
@@ -195,9 +204,7 @@ impl Cfg {
                                 allow: u.sub_allow.as_deref().map(own),
                                 deny: own(&u.sub_deny),
                             },
-                            allow_responses: u
-                                .allow_responses
-                                .then(ResponsePermission::default),
+                            allow_responses: u.allow_responses.then(ResponsePermission::default),
                         })
                     })
                     .collect(),
@@ -262,6 +269,8 @@ impl Drop for NatsServer {
 pub struct Embedded {
     pub handle: BrokerHandle,
     shutdown: CancellationToken,
+    /// The monitoring address, when started with `monitor_port`.
+    pub monitor: Option<SocketAddr>,
 }
 
 impl Embedded {
@@ -273,7 +282,23 @@ impl Embedded {
         let handle = Broker::start(listener, cfg.broker_config(), shutdown.clone())
             .await
             .expect("start broker");
-        Embedded { handle, shutdown }
+        let mut monitor = None;
+        if cfg.monitor_port.is_some() {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind monitor");
+            monitor = Some(l.local_addr().expect("addr"));
+            tokio::spawn(sdp_broker::monitoring::serve(
+                l,
+                handle.monitor(),
+                shutdown.clone(),
+            ));
+        }
+        Embedded {
+            handle,
+            shutdown,
+            monitor,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -331,11 +331,50 @@ pub trait Storage: Send + Sync + 'static {
     ) -> StoreResult<SandboxRecord>;
     /// Deletes the sandbox and releases its ports.
     async fn delete_sandbox(&self, name: &str) -> StoreResult<()>;
-    async fn set_route_mode(&self, sandbox: &str, service: &str, mode: RouteMode)
-    -> StoreResult<()>;
+    async fn set_route_mode(
+        &self,
+        sandbox: &str,
+        service: &str,
+        mode: RouteMode,
+    ) -> StoreResult<()>;
     async fn port_allocations(&self) -> StoreResult<Vec<PortAllocation>>;
 
     // ------------------------------------------------------------ audit
     async fn insert_audit(&self, record: &AuditRecord) -> StoreResult<()>;
     async fn audit(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditRecord>>;
+}
+
+#[cfg(test)]
+mod tests {
+    /// The schema must stay servable by PostgreSQL: no SQLite-only types,
+    /// keywords or functions in the migrations.
+    #[test]
+    fn migrations_use_portable_sql_only() {
+        let migrations = [
+            include_str!("../../migrations/0001_deployments.sql"),
+            include_str!("../../migrations/0002_sandboxes.sql"),
+        ];
+        let sqlite_only = [
+            "AUTOINCREMENT",
+            "INSERT OR",
+            "REPLACE INTO",
+            "WITHOUT ROWID",
+            "DATETIME(",
+            "STRFTIME",
+            "PRAGMA",
+            "GLOB",
+            " BLOB",
+        ];
+        for sql in migrations {
+            let code: String = sql
+                .lines()
+                .map(|l| l.split("--").next().unwrap_or(""))
+                .collect::<Vec<_>>()
+                .join("\n");
+            let upper = code.to_uppercase();
+            for word in sqlite_only {
+                assert!(!upper.contains(word), "{word} is SQLite-only");
+            }
+        }
+    }
 }

@@ -352,10 +352,11 @@ impl Storage for SqliteStore {
 
     async fn environment(&self, name: &str) -> StoreResult<Option<EnvironmentRecord>> {
         let mut conn = self.pool.acquire().await?;
-        let row = sqlx::query("SELECT name, created_at, updated_at FROM environments WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&mut *conn)
-            .await?;
+        let row =
+            sqlx::query("SELECT name, created_at, updated_at FROM environments WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&mut *conn)
+                .await?;
         let Some(row) = row else { return Ok(None) };
         let layer = load_layer(&mut conn, OWNER_ENVIRONMENT, name).await?;
         Ok(Some(EnvironmentRecord {
@@ -838,7 +839,11 @@ const ENTRY_VARIABLE: &str = "variable";
 const ENTRY_SECRET: &str = "secret";
 const ENTRY_FILE: &str = "file";
 
-async fn load_layer(conn: &mut SqliteConnection, owner_kind: &str, owner: &str) -> StoreResult<Layer> {
+async fn load_layer(
+    conn: &mut SqliteConnection,
+    owner_kind: &str,
+    owner: &str,
+) -> StoreResult<Layer> {
     let rows = sqlx::query(
         "SELECT entry_kind, entry_key, entry_value FROM layer_entries \
          WHERE owner_kind = ? AND owner = ? ORDER BY entry_kind, entry_key",
@@ -861,7 +866,11 @@ async fn load_layer(conn: &mut SqliteConnection, owner_kind: &str, owner: &str) 
     Ok(layer)
 }
 
-async fn delete_layer(conn: &mut SqliteConnection, owner_kind: &str, owner: &str) -> StoreResult<()> {
+async fn delete_layer(
+    conn: &mut SqliteConnection,
+    owner_kind: &str,
+    owner: &str,
+) -> StoreResult<()> {
     sqlx::query("DELETE FROM layer_entries WHERE owner_kind = ? AND owner = ?")
         .bind(owner_kind)
         .bind(owner)
@@ -900,7 +909,10 @@ async fn write_layer(
     Ok(())
 }
 
-async fn load_sandbox(conn: &mut SqliteConnection, name: &str) -> StoreResult<Option<SandboxRecord>> {
+async fn load_sandbox(
+    conn: &mut SqliteConnection,
+    name: &str,
+) -> StoreResult<Option<SandboxRecord>> {
     let row = sqlx::query(
         "SELECT name, template, environment, gateway_branch, created_by, created_at, updated_at \
          FROM sandboxes WHERE name = ?",
@@ -909,12 +921,11 @@ async fn load_sandbox(conn: &mut SqliteConnection, name: &str) -> StoreResult<Op
     .fetch_optional(&mut *conn)
     .await?;
     let Some(row) = row else { return Ok(None) };
-    let allocations = sqlx::query(
-        "SELECT node_kind, port, service FROM port_allocations WHERE sandbox = ?",
-    )
-    .bind(name)
-    .fetch_all(&mut *conn)
-    .await?;
+    let allocations =
+        sqlx::query("SELECT node_kind, port, service FROM port_allocations WHERE sandbox = ?")
+            .bind(name)
+            .fetch_all(&mut *conn)
+            .await?;
     let mut gateway_port = 0;
     let mut micro_ports = BTreeMap::new();
     for a in &allocations {
@@ -1482,18 +1493,31 @@ mod tests {
             SeqOutcome::Applied { previous: 0 }
         );
         assert_eq!(
-            store.apply_event(&event("d1", 1, started), false)
-.await.unwrap(),
+            store
+                .apply_event(&event("d1", 1, started), false)
+                .await
+                .unwrap(),
             SeqOutcome::Duplicate { last: 1 }
         );
         let completed = EventKind::StageCompleted {
             stage: MICRO[0].into(),
         };
-        // A gap (2 is missing) is reported, and the event still applies.
+        // A gap (2 is missing) is reported and not applied: the replay
+        // brings 2 and 3 again, in order.
         assert_eq!(
-            store.apply_event(&event("d1", 3, completed), false)
-.await.unwrap(),
-            SeqOutcome::Applied { previous: 1 }
+            store
+                .apply_event(&event("d1", 3, completed.clone()), false)
+                .await
+                .unwrap(),
+            SeqOutcome::Gap { last: 1 }
+        );
+        store.advance_seq("d1", 2, false).await.unwrap();
+        assert_eq!(
+            store
+                .apply_event(&event("d1", 3, completed), false)
+                .await
+                .unwrap(),
+            SeqOutcome::Applied { previous: 2 }
         );
         let running = EventKind::State {
             state: DeploymentState::Running,
@@ -1501,8 +1525,10 @@ mod tests {
             commit: Some("abc123".into()),
             container: Some("sandbox-qa-eredar".into()),
         };
-        store.apply_event(&event("d1", 4, running), false)
-.await.unwrap();
+        store
+            .apply_event(&event("d1", 4, running), false)
+            .await
+            .unwrap();
 
         let d = store.deployment("d1").await.unwrap().unwrap();
         assert_eq!(d.state, DeploymentState::Running);
@@ -1524,37 +1550,46 @@ mod tests {
             .unwrap();
         let build = MICRO[3];
         store
-            .apply_event(&event(
-                "d1",
-                1,
-                EventKind::StageStarted {
-                    stage: build.into(),
-                },
-            ), false)
+            .apply_event(
+                &event(
+                    "d1",
+                    1,
+                    EventKind::StageStarted {
+                        stage: build.into(),
+                    },
+                ),
+                false,
+            )
             .await
             .unwrap();
         store
-            .apply_event(&event(
-                "d1",
-                2,
-                EventKind::StageFailed {
-                    stage: build.into(),
-                    reason: "exit status 1".into(),
-                },
-            ), false)
+            .apply_event(
+                &event(
+                    "d1",
+                    2,
+                    EventKind::StageFailed {
+                        stage: build.into(),
+                        reason: "exit status 1".into(),
+                    },
+                ),
+                false,
+            )
             .await
             .unwrap();
         store
-            .apply_event(&event(
-                "d1",
-                3,
-                EventKind::State {
-                    state: DeploymentState::Failed,
-                    reason: Some("go build failed".into()),
-                    commit: None,
-                    container: None,
-                },
-            ), false)
+            .apply_event(
+                &event(
+                    "d1",
+                    3,
+                    EventKind::State {
+                        state: DeploymentState::Failed,
+                        reason: Some("go build failed".into()),
+                        commit: None,
+                        container: None,
+                    },
+                ),
+                false,
+            )
             .await
             .unwrap();
         let d = store.deployment("d1").await.unwrap().unwrap();
@@ -1573,26 +1608,32 @@ mod tests {
             .await
             .unwrap();
         store
-            .apply_event(&event(
-                "d1",
-                1,
-                EventKind::StageStarted {
-                    stage: MICRO[1].into(),
-                },
-            ), false)
+            .apply_event(
+                &event(
+                    "d1",
+                    1,
+                    EventKind::StageStarted {
+                        stage: MICRO[1].into(),
+                    },
+                ),
+                false,
+            )
             .await
             .unwrap();
         store
-            .apply_event(&event(
-                "d1",
-                2,
-                EventKind::State {
-                    state: DeploymentState::Failed,
-                    reason: Some("agent restarted".into()),
-                    commit: None,
-                    container: None,
-                },
-            ), false)
+            .apply_event(
+                &event(
+                    "d1",
+                    2,
+                    EventKind::State {
+                        state: DeploymentState::Failed,
+                        reason: Some("agent restarted".into()),
+                        commit: None,
+                        container: None,
+                    },
+                ),
+                false,
+            )
             .await
             .unwrap();
         let d = store.deployment("d1").await.unwrap().unwrap();
@@ -1617,8 +1658,10 @@ mod tests {
             commit: None,
             container: None,
         };
-        store.apply_event(&event("d1", 5, running), true)
-.await.unwrap();
+        store
+            .apply_event(&event("d1", 5, running), true)
+            .await
+            .unwrap();
         let d = store.deployment("d1").await.unwrap().unwrap();
         assert_eq!(d.state, DeploymentState::Running);
         assert_eq!(d.reason, None);
@@ -1633,13 +1676,16 @@ mod tests {
             .await
             .unwrap();
         store
-            .apply_event(&event(
-                "d1",
-                1,
-                EventKind::StageStarted {
-                    stage: "warm up".into(),
-                },
-            ), false)
+            .apply_event(
+                &event(
+                    "d1",
+                    1,
+                    EventKind::StageStarted {
+                        stage: "warm up".into(),
+                    },
+                ),
+                false,
+            )
             .await
             .unwrap();
         let d = store.deployment("d1").await.unwrap().unwrap();
@@ -1652,8 +1698,10 @@ mod tests {
     async fn unknown_deployments_change_nothing() {
         let (_dir, store) = store().await;
         let ev = event("ghost", 1, EventKind::StageStarted { stage: "x".into() });
-        assert_eq!(store.apply_event(&ev, false)
-.await.unwrap(), SeqOutcome::Unknown);
+        assert_eq!(
+            store.apply_event(&ev, false).await.unwrap(),
+            SeqOutcome::Unknown
+        );
         assert_eq!(
             store.advance_seq("ghost", 1, false).await.unwrap(),
             SeqOutcome::Unknown
@@ -1757,16 +1805,25 @@ mod tests {
             .create_sandbox(&spec("b", &[("eredar", Some(9500))]), &RANGES)
             .await
             .unwrap();
-        assert_eq!((b.gateway_port, b.services["eredar"].port), (8081, Some(9500)));
+        assert_eq!(
+            (b.gateway_port, b.services["eredar"].port),
+            (8081, Some(9500))
+        );
 
         // Taken ports and duplicate names conflict, and change nothing.
         let e = store
             .create_sandbox(&spec("c", &[("eredar", Some(9001))]), &RANGES)
             .await
             .unwrap_err();
-        assert!(matches!(&e, StoreError::Conflict(m) if m.contains("port 9001 is in use")), "{e}");
+        assert!(
+            matches!(&e, StoreError::Conflict(m) if m.contains("port 9001 is in use")),
+            "{e}"
+        );
         assert!(store.sandbox("c").await.unwrap().is_none());
-        let e = store.create_sandbox(&spec("a", &[]), &RANGES).await.unwrap_err();
+        let e = store
+            .create_sandbox(&spec("a", &[]), &RANGES)
+            .await
+            .unwrap_err();
         assert!(matches!(e, StoreError::Conflict(_)));
         assert_eq!(store.port_allocations().await.unwrap().len(), 5);
 
@@ -1792,9 +1849,18 @@ mod tests {
         ));
 
         // The gateway range is exhausted after three.
-        store.create_sandbox(&spec("c", &[]), &RANGES).await.unwrap();
-        store.create_sandbox(&spec("d", &[]), &RANGES).await.unwrap();
-        let e = store.create_sandbox(&spec("e", &[]), &RANGES).await.unwrap_err();
+        store
+            .create_sandbox(&spec("c", &[]), &RANGES)
+            .await
+            .unwrap();
+        store
+            .create_sandbox(&spec("d", &[]), &RANGES)
+            .await
+            .unwrap();
+        let e = store
+            .create_sandbox(&spec("e", &[]), &RANGES)
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("every gateway port"), "{e}");
     }
 
@@ -1811,14 +1877,23 @@ mod tests {
             kind: PortKind::Micro,
             requested_port: port,
         };
-        let got = store.queue_deployment(&new(&d, None), &RANGES).await.unwrap();
+        let got = store
+            .queue_deployment(&new(&d, None), &RANGES)
+            .await
+            .unwrap();
         assert_eq!(got.port, 9001);
         d.id = "y".into();
         d.repository = "kael".into();
-        let got = store.queue_deployment(&new(&d, None), &RANGES).await.unwrap();
+        let got = store
+            .queue_deployment(&new(&d, None), &RANGES)
+            .await
+            .unwrap();
         assert_eq!(got.port, 9002);
         let sb = store.sandbox("qa").await.unwrap().unwrap();
-        assert_eq!(sb.services["kael"].source, ServiceSource::Branch("feature/login".into()));
+        assert_eq!(
+            sb.services["kael"].source,
+            ServiceSource::Branch("feature/login".into())
+        );
         d.id = "z".into();
         d.sandbox = "nope".into();
         assert!(matches!(

@@ -143,9 +143,24 @@ impl Bed {
             .unwrap()
     }
 
+    /// Logs in and creates the test's sandbox.
     pub async fn login_ok(&self) {
         let r = self.login(&self.password.clone()).await;
         assert_eq!(r.status(), 200, "login: {}", r.text().await.unwrap());
+        let r = self
+            .http
+            .post(self.url("/sandboxes"))
+            .json(&json!({"name": self.sandbox, "gateway": {"branch": "main"},
+                          "services": {"account": {"branch": "main"}}}))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        assert!(
+            status == 201 || status == 200,
+            "creating sandbox: {status} {}",
+            r.text().await.unwrap()
+        );
     }
 
     /// POST /deployments; returns the status and body.
@@ -199,6 +214,9 @@ impl Bed {
 
     pub async fn stop(self) {
         remove_sandbox_containers(&self.sandbox);
+        // Idle keep-alive connections would hold the server's graceful
+        // shutdown open.
+        drop(self.http);
         self.stack.stop().await;
         self.shutdown.cancel();
     }

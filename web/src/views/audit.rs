@@ -101,7 +101,10 @@ mod tests {
 
     #[test]
     fn records_show_who_did_what_and_how_it_ended() {
-        let v = Viewer { name: "a".into(), csrf: "t".into() };
+        let v = Viewer {
+            name: "a".into(),
+            csrf: "t".into(),
+        };
         let html = render(
             &v,
             &AuditFilters::default(),

@@ -4,8 +4,8 @@
 
 use maud::{Markup, html};
 
-use super::layout::{csrf_field, page};
 use super::Viewer;
+use super::layout::{csrf_field, page};
 
 /// What was typed, kept when the form comes back with an error.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]

@@ -6,7 +6,7 @@ use maud::{Markup, html};
 use sdp_contract::DeploymentState;
 use sdp_control::{Deployment, StageStatus};
 
-use super::layout::{csrf_field, page};
+use super::layout::page;
 use super::{Viewer, duration, state_class, time};
 
 /// Lines of a failed stage shown under it.
@@ -112,6 +112,20 @@ pub fn mark(status: StageStatus) -> &'static str {
     }
 }
 
+/// What can be done to a deployment in `state` (the control plane refuses
+/// the rest, so the buttons are not offered).
+pub fn actions(state: DeploymentState) -> Vec<(&'static str, &'static str)> {
+    let mut out = Vec::new();
+    if matches!(state, DeploymentState::Running | DeploymentState::Stopped) {
+        out.push(("restart", "Restart"));
+    }
+    if state == DeploymentState::Running {
+        out.push(("stop", "Stop"));
+    }
+    out.push(("delete", "Delete"));
+    out
+}
+
 /// The live stream's address; it continues the log at `from`.
 pub fn live_url(id: &str, from: u64) -> String {
     format!("/ws/live/deployments/{id}?from={from}")
@@ -165,7 +179,7 @@ pub fn head(h: &Head, oob: bool) -> Markup {
                     }
                 }
                 div.actions {
-                    @for (action, label) in [("restart", "Restart"), ("stop", "Stop"), ("delete", "Delete")] {
+                    @for (action, label) in actions(h.state) {
                         form method="post" action={ "/deployments/" (h.id) "/" (action) } {
                             input type="hidden" name=(crate::security::CSRF_FIELD) value=(h.csrf);
                             button type="submit" class={ "btn btn-" (action) } { (label) }
@@ -210,12 +224,11 @@ pub fn log_append(text: &str) -> Markup {
     html! { span hx-swap-oob="beforeend:#log-live" { (text) } }
 }
 
-/// A form button for the viewer's session, for views outside this module.
-pub fn action_form(v: &Viewer, action: &str, label: &str) -> Markup {
+/// The deployment was deleted while the page was open.
+pub fn gone() -> Markup {
     html! {
-        form method="post" action=(action) {
-            (csrf_field(v))
-            button type="submit" { (label) }
+        div #deployment-head hx-swap-oob="true" data-state="DELETED" {
+            p.error role="alert" { "This deployment was deleted." }
         }
     }
 }
@@ -282,9 +295,7 @@ mod tests {
     #[test]
     fn the_failed_stage_shows_its_log_escaped() {
         let html = render(&failed_page()).into_string();
-        assert!(html.contains(
-            r#"<pre class="stage-log">./main.go:3: undefined: &lt;nope&gt;"#
-        ));
+        assert!(html.contains(r#"<pre class="stage-log">./main.go:3: undefined: &lt;nope&gt;"#));
     }
 
     #[test]
@@ -306,19 +317,34 @@ mod tests {
     }
 
     #[test]
-    fn actions_carry_the_csrf_token() {
-        let html = render(&failed_page()).into_string();
+    fn actions_fit_the_state_and_carry_the_csrf_token() {
+        let mut p = failed_page();
+        p.head.state = DeploymentState::Running;
+        let html = render(&p).into_string();
         for a in ["restart", "stop", "delete"] {
-            assert!(html.contains(&format!(r#"action="/deployments/d-1/{a}""#)), "{a}");
+            assert!(
+                html.contains(&format!(r#"action="/deployments/d-1/{a}""#)),
+                "{a}"
+            );
         }
         assert!(html.matches(r#"name="_csrf" value="t0k""#).count() >= 4);
+        let failed = render(&failed_page()).into_string();
+        assert!(!failed.contains("/d-1/stop") && !failed.contains("/d-1/restart"));
+        assert!(failed.contains("/d-1/delete"));
     }
 
     #[test]
     fn live_fragments_swap_by_id() {
         let h = head(&failed_page().head, true).into_string();
-        assert!(h.starts_with(r#"<div id="deployment-head" hx-swap-oob="true""#), "{h}");
-        assert!(!head(&failed_page().head, false).into_string().contains("hx-swap-oob"));
+        assert!(
+            h.starts_with(r#"<div id="deployment-head" hx-swap-oob="true""#),
+            "{h}"
+        );
+        assert!(
+            !head(&failed_page().head, false)
+                .into_string()
+                .contains("hx-swap-oob")
+        );
         assert_eq!(
             log_reset("a<b\n").into_string(),
             r#"<span id="log-live" hx-swap-oob="true">a&lt;b

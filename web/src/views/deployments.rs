@@ -59,7 +59,10 @@ impl Filters {
         if pairs.is_empty() {
             return "/".into();
         }
-        format!("/?{}", serde_urlencoded::to_string(pairs).unwrap_or_default())
+        format!(
+            "/?{}",
+            serde_urlencoded::to_string(pairs).unwrap_or_default()
+        )
     }
 }
 
@@ -190,9 +193,15 @@ mod tests {
             rows: vec![],
         })
         .into_string();
-        assert!(html.contains(r#"name="sandbox" placeholder="sandbox" value="qa&quot;""#), "{html}");
+        assert!(
+            html.contains(r#"name="sandbox" placeholder="sandbox" value="qa&quot;""#),
+            "{html}"
+        );
         assert!(html.contains(r#"<option value="FAILED" selected>FAILED</option>"#));
         assert!(html.contains("No deployments yet."));
-        assert!(html.contains(r#"hx-get="/?sandbox=qa%22&amp;state=FAILED""#), "{html}");
+        assert!(
+            html.contains(r#"hx-get="/?sandbox=qa%22&amp;state=FAILED""#),
+            "{html}"
+        );
     }
 }

@@ -19,7 +19,11 @@ impl From<&sdp_control::environments::EnvironmentView> for EnvCard {
     fn from(e: &sdp_control::environments::EnvironmentView) -> Self {
         EnvCard {
             name: e.name.clone(),
-            variables: e.variables.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            variables: e
+                .variables
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             secrets: e.secrets.clone(),
             files: e.files.keys().cloned().collect(),
             updated: time(Some(e.updated_at)),
@@ -109,7 +113,10 @@ mod tests {
     #[test]
     fn secrets_show_as_names_and_a_mask_only() {
         let html = render(&EnvironmentsPage {
-            viewer: Viewer { name: "a".into(), csrf: "t".into() },
+            viewer: Viewer {
+                name: "a".into(),
+                csrf: "t".into(),
+            },
             environments: vec![EnvCard {
                 name: "dev".into(),
                 variables: vec![("DB_HOST".into(), "db<1>".into())],

@@ -6,8 +6,10 @@ use crate::security::CSRF_FIELD;
 
 /// The sections of the navigation bar, in order.
 const NAV: &[(&str, &str)] = &[
+    ("/sandboxes", "Sandboxes"),
     ("/", "Deployments"),
     ("/deploy", "Deploy"),
+    ("/templates", "Templates"),
     ("/environments", "Environments"),
     ("/nodes", "Nodes"),
     ("/audit", "Audit"),
@@ -70,8 +72,12 @@ mod tests {
 
     #[test]
     fn the_shell_links_only_embedded_assets_and_escapes_the_user() {
-        let html = page("Deployments", Some(&viewer("<b>eve</b>")), html! { p { "hi" } })
-            .into_string();
+        let html = page(
+            "Deployments",
+            Some(&viewer("<b>eve</b>")),
+            html! { p { "hi" } },
+        )
+        .into_string();
         assert!(html.contains(&assets::url("app.css")));
         assert!(html.contains(&assets::url("htmx.min.js")));
         assert!(html.contains(&assets::url("ws.min.js")));

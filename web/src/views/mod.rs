@@ -2,6 +2,7 @@
 //! is tested by rendering it. Maud escapes every interpolated string; nothing
 //! here uses `PreEscaped` on user or log text.
 
+pub mod audit;
 pub mod deploy;
 pub mod deployment;
 pub mod deployments;
@@ -10,8 +11,9 @@ pub mod error;
 pub mod layout;
 pub mod login;
 pub mod nodes;
-pub mod audit;
 pub mod qr;
+pub mod sandboxes;
+pub mod templates;
 
 use chrono::{DateTime, Utc};
 use sdp_contract::DeploymentState;

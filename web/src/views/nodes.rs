@@ -74,7 +74,10 @@ mod tests {
 
     #[test]
     fn nodes_show_connection_and_heartbeat() {
-        let v = Viewer { name: "a".into(), csrf: "t".into() };
+        let v = Viewer {
+            name: "a".into(),
+            csrf: "t".into(),
+        };
         let html = render(
             &v,
             &[NodeRow {

@@ -96,11 +96,16 @@ fn a_new_service_is_written_like_its_neighbours() {
     let add = map(&[("wallet", "http://w")]);
     let out = patch(SAMPLE, &add).unwrap();
     assert!(
-        out.contains("\t'user' => 'http://ocp-user.example.invalid',\n\t'wallet' => 'http://w',\n);"),
+        out.contains(
+            "\t'user' => 'http://ocp-user.example.invalid',\n\t'wallet' => 'http://w',\n);"
+        ),
         "{out}"
     );
     let out = patch(SHORT, &add).unwrap();
-    assert!(out.contains("'http://p',\n  \"wallet\"  =>  'http://w'  ] ;"), "{out}");
+    assert!(
+        out.contains("'http://p',\n  \"wallet\"  =>  'http://w'  ] ;"),
+        "{out}"
+    );
     let out = patch(LINES, &add).unwrap();
     assert!(
         out.ends_with("  $config['_url'][\"user\"]  =  'http://u';\n  $config['_url'][\"wallet\"]  =  'http://w';\n"),
@@ -121,19 +126,42 @@ fn a_new_service_is_written_like_its_neighbours() {
 #[test]
 fn what_cannot_be_parsed_names_its_line() {
     let cases = [
-        ("<?php\n$config['_url'] = array(\n  'a' => 'http://' . $host,\n);", 3, "'a'"),
+        (
+            "<?php\n$config['_url'] = array(\n  'a' => 'http://' . $host,\n);",
+            3,
+            "'a'",
+        ),
         ("<?php\n\n$config['_url'] = urls();", 3, "array"),
-        ("<?php\n$config['_url'] = array(\n 'a' => \"http://$host\",\n);", 3, "interpolates"),
-        ("<?php\n$config['_url'] = array(\n 'a' => 'x',\n", 2, "never closed"),
-        ("<?php\n$config['_url'] = array(\n 'a' => 'x\n);", 3, "never closed"),
+        (
+            "<?php\n$config['_url'] = array(\n 'a' => \"http://$host\",\n);",
+            3,
+            "interpolates",
+        ),
+        (
+            "<?php\n$config['_url'] = array(\n 'a' => 'x',\n",
+            2,
+            "never closed",
+        ),
+        (
+            "<?php\n$config['_url'] = array(\n 'a' => 'x\n);",
+            3,
+            "never closed",
+        ),
         ("<?php\n$config['_url']['a'] = 'x'\n$y = 1;", 3, "';'"),
-        ("<?php\n$config['_url'] = array(\n  HOST => 'x',\n);", 3, "service name"),
+        (
+            "<?php\n$config['_url'] = array(\n  HOST => 'x',\n);",
+            3,
+            "service name",
+        ),
     ];
     for (text, line, words) in cases {
         match RouteMap::parse(text) {
             Err(e @ RouteError::Syntax { .. }) => {
                 let msg = e.to_string();
-                assert!(msg.starts_with(&format!("config.php line {line}: ")), "{msg}");
+                assert!(
+                    msg.starts_with(&format!("config.php line {line}: ")),
+                    "{msg}"
+                );
                 assert!(msg.contains(words), "{msg}");
             }
             other => panic!("{text}: {other:?}"),
@@ -147,4 +175,60 @@ fn what_cannot_be_parsed_names_its_line() {
 fn control_characters_never_reach_the_file() {
     let err = patch(SAMPLE, &map(&[("account", "http://a\n';system('x');//")])).unwrap_err();
     assert!(matches!(err, RouteError::InvalidUrl { .. }), "{err}");
+}
+
+#[test]
+fn a_removed_service_takes_its_line_and_only_its_line() {
+    let remove = |text: &str, services: &[&str]| {
+        let changes = services
+            .iter()
+            .map(|s| ((*s).to_owned(), Change::Remove))
+            .collect();
+        apply(text, &changes).unwrap()
+    };
+    let out = remove(SAMPLE, &["payment"]);
+    assert_eq!(
+        out,
+        SAMPLE.replace(
+            "\t'payment'   =>  \"http://ocp-payment.example.invalid\", // settlement team\n",
+            ""
+        )
+    );
+    // The last entry without a comma takes the comma before it.
+    assert_eq!(
+        remove(SHORT, &["payment"]),
+        "<?php\n$config [ \"_url\" ]=[ 'account'=>'http://a'  ] ;\n$x = $config['_url'];\n"
+    );
+    assert_eq!(
+        remove(SHORT, &["account", "payment"]),
+        "<?php\n$config [ \"_url\" ]=[ \n    ] ;\n$x = $config['_url'];\n"
+    );
+    assert_eq!(
+        remove(LINES, &["payment"]),
+        "<?php\n$config['_url']['account'] = \"http://a\";\n  $config['_url'][\"user\"]  =  'http://u';\n"
+    );
+    // Every definition that would be live goes, not just the last.
+    let out = remove(MIXED, &["account"]);
+    assert_eq!(read(&out).unwrap(), map(&[("user", "http://u")]), "{out}");
+    // The last line of a map written line by line leaves an empty map.
+    let out = remove(LINES, &["account", "payment", "user"]);
+    assert_eq!(read(&out).unwrap(), map(&[]), "{out}");
+    assert!(out.ends_with("  $config['_url'] = array();\n"), "{out}");
+    // Removing what is not there changes nothing.
+    assert_eq!(remove(SAMPLE, &["wallet"]), SAMPLE);
+    // A removal and a change at once.
+    let mut changes = BTreeMap::new();
+    changes.insert("user".to_owned(), Change::Remove);
+    changes.insert("wallet".to_owned(), Change::Set("http://w".into()));
+    changes.insert("account".to_owned(), Change::Set("http://a2".into()));
+    let out = apply(SAMPLE, &changes).unwrap();
+    assert_eq!(
+        read(&out).unwrap(),
+        map(&[
+            ("account", "http://a2"),
+            ("payment", "http://ocp-payment.example.invalid"),
+            ("wallet", "http://w"),
+        ]),
+        "{out}"
+    );
 }

@@ -1,0 +1,406 @@
+//! Sandboxes: the overview (status, owner, branches, gateway URL and its QR
+//! code), one sandbox (services with deploy buttons, the routes table with a
+//! one-click toggle per service), and the form that creates one.
+
+use maud::{Markup, html};
+use serde_json::Value;
+
+use super::layout::{csrf_field, page};
+use super::{Viewer, state_class};
+use sdp_contract::DeploymentState;
+
+/// Where a service comes from in a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Branch(String),
+    Ocp,
+}
+
+impl Source {
+    /// From the API's `{"branch": ...}` or `{"use_ocp": true}`.
+    pub fn from_value(v: &Value) -> Source {
+        match v.get("branch").and_then(Value::as_str) {
+            Some(b) => Source::Branch(b.to_owned()),
+            None => Source::Ocp,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SandboxRow {
+    pub name: String,
+    pub status: String,
+    pub owner: String,
+    pub template: Option<String>,
+    pub gateway_branch: String,
+    pub gateway_url: String,
+    pub services: Vec<(String, Source)>,
+}
+
+impl From<&sdp_control::sandboxes::SandboxView> for SandboxRow {
+    fn from(s: &sdp_control::sandboxes::SandboxView) -> Self {
+        SandboxRow {
+            name: s.name.clone(),
+            status: s.status.clone(),
+            owner: s.created_by.clone(),
+            template: s.template.clone(),
+            gateway_branch: s
+                .gateway
+                .get("branch")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned(),
+            gateway_url: s.gateway_url.clone(),
+            services: s
+                .services
+                .iter()
+                .map(|(k, v)| (k.clone(), Source::from_value(v)))
+                .collect(),
+        }
+    }
+}
+
+/// A form's service choices: for each known repository, a branch, OCP, or
+/// left out.
+pub fn service_picker(repositories: &[String]) -> Markup {
+    html! {
+        fieldset.services {
+            legend { "Services" }
+            @for r in repositories {
+                div.service-pick {
+                    span.svc { (r) }
+                    select name={ "mode." (r) } aria-label={ "source of " (r) } {
+                        option value="" { "not in the sandbox" }
+                        option value="branch" { "branch" }
+                        option value="ocp" { "OCP" }
+                    }
+                    input name={ "branch." (r) } placeholder="branch" aria-label={ "branch of " (r) } autocomplete="off";
+                }
+            }
+        }
+    }
+}
+
+fn badge(status: &str) -> Markup {
+    let class = match status {
+        "running" => "state state-running",
+        "failed" => "state state-failed",
+        "deploying" => "state state-queued",
+        _ => "state state-stopped",
+    };
+    html! { span class=(class) { (status) } }
+}
+
+pub struct SandboxesPage {
+    pub viewer: Viewer,
+    pub sandboxes: Vec<SandboxRow>,
+    pub repositories: Vec<String>,
+    pub templates: Vec<String>,
+    pub environments: Vec<String>,
+    pub error: Option<String>,
+}
+
+pub fn overview(p: &SandboxesPage) -> Markup {
+    page(
+        "Sandboxes",
+        Some(&p.viewer),
+        html! {
+            h1 { "Sandboxes" }
+            @if let Some(e) = &p.error {
+                p.error role="alert" { (e) }
+            }
+            div #sandboxes hx-get="/sandboxes" hx-trigger="every 5s" hx-select="#sandboxes" hx-swap="outerHTML" {
+                @if p.sandboxes.is_empty() {
+                    p.empty.card { "No sandboxes yet." }
+                }
+                div.grid {
+                    @for s in &p.sandboxes {
+                        article.card.sandbox id={ "sandbox-" (s.name) } {
+                            h2 { a href={ "/sandboxes/" (s.name) } { (s.name) } " " (badge(&s.status)) }
+                            p.muted {
+                                "by " (s.owner)
+                                @if let Some(t) = &s.template { " · from template " (t) }
+                            }
+                            ul.branches {
+                                li { span.svc { "gateway" } " " code { (s.gateway_branch) } }
+                                @for (svc, src) in &s.services {
+                                    li {
+                                        span.svc { (svc) } " "
+                                        @match src {
+                                            Source::Branch(b) => code { (b) },
+                                            Source::Ocp => span.muted { "OCP" },
+                                        }
+                                    }
+                                }
+                            }
+                            div.gateway {
+                                a.gateway-url href=(s.gateway_url) { (s.gateway_url) }
+                                img.qr src={ "/sandboxes/" (s.name) "/qr.svg" } loading="lazy"
+                                    width="96" height="96" alt={ "QR code of " (s.gateway_url) };
+                            }
+                        }
+                    }
+                }
+            }
+            section.card {
+                h2 { "New sandbox" }
+                form #new-sandbox .stack method="post" action="/sandboxes" {
+                    (csrf_field(&p.viewer))
+                    label for="sb-name" { "Name" }
+                    input #sb-name name="name" required placeholder="e.g. qa-login" autocomplete="off";
+                    label for="sb-template" { "Template" }
+                    select #sb-template name="template" {
+                        option value="" { "none" }
+                        @for t in &p.templates { option value=(t) { (t) } }
+                    }
+                    label for="sb-env" { "Environment" }
+                    select #sb-env name="environment" {
+                        option value="" { "none" }
+                        @for e in &p.environments { option value=(e) { (e) } }
+                    }
+                    label for="sb-gateway" { "Gateway branch" }
+                    input #sb-gateway name="gateway_branch" placeholder="main" autocomplete="off";
+                    (service_picker(&p.repositories))
+                    button.primary type="submit" { "Create sandbox" }
+                }
+            }
+        },
+    )
+}
+
+#[derive(Debug, Clone)]
+pub struct ServiceRow {
+    pub name: String,
+    pub source: Source,
+    pub port: Option<u16>,
+    /// Latest deployment: id and state.
+    pub latest: Option<(String, DeploymentState)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteRow {
+    pub service: String,
+    pub mode: String,
+    pub target: Option<String>,
+    pub ocp_default: Option<String>,
+    pub live: bool,
+}
+
+pub struct SandboxPage {
+    pub viewer: Viewer,
+    pub sandbox: SandboxRow,
+    pub environment: Option<String>,
+    pub gateway_latest: Option<(String, DeploymentState)>,
+    pub services: Vec<ServiceRow>,
+    pub routes: Vec<RouteRow>,
+    pub qr: Option<Markup>,
+    pub message: Option<String>,
+    pub error: Option<String>,
+}
+
+fn latest_link(latest: &Option<(String, DeploymentState)>) -> Markup {
+    html! {
+        @if let Some((id, state)) = latest {
+            a href={ "/deployments/" (id) } { span class=(state_class(*state)) { (state.as_str()) } }
+        } @else {
+            span.muted { "not deployed" }
+        }
+    }
+}
+
+pub fn detail(p: &SandboxPage) -> Markup {
+    let s = &p.sandbox;
+    let v = &p.viewer;
+    page(
+        &s.name,
+        Some(v),
+        html! {
+            h1 { "Sandbox " (s.name) " " (badge(&s.status)) }
+            @if let Some(m) = &p.message { p.notice role="status" { (m) } }
+            @if let Some(e) = &p.error { p.error role="alert" { (e) } }
+            section.card.gateway-card {
+                div {
+                    p { "Gateway: " a #gateway-url href=(s.gateway_url) { (s.gateway_url) } }
+                    p.muted {
+                        "by " (s.owner)
+                        @if let Some(t) = &s.template { " · template " (t) }
+                        @if let Some(e) = &p.environment { " · environment " (e) }
+                    }
+                    div.actions {
+                        form method="post" action={ "/sandboxes/" (s.name) "/deploy" } {
+                            (csrf_field(v))
+                            button.primary type="submit" { "Deploy all" }
+                        }
+                        form.inline method="post" action={ "/sandboxes/" (s.name) "/clone" } {
+                            (csrf_field(v))
+                            input name="name" required placeholder="clone name" aria-label="clone name" autocomplete="off";
+                            button type="submit" { "Clone" }
+                        }
+                        form method="post" action={ "/sandboxes/" (s.name) "/delete" } {
+                            (csrf_field(v))
+                            button.btn-delete type="submit" { "Delete sandbox" }
+                        }
+                    }
+                }
+                @if let Some(qr) = &p.qr { div.qr-big { (qr) } }
+            }
+            section.card {
+                h2 { "Services" }
+                div.scroll {
+                    table #services {
+                        thead { tr { th { "Service" } th { "Source" } th { "Port" } th { "Latest" } th {} } }
+                        tbody {
+                            tr {
+                                td { "gateway" }
+                                td { code { (s.gateway_branch) } }
+                                td {}
+                                td { (latest_link(&p.gateway_latest)) }
+                                td {}
+                            }
+                            @for svc in &p.services {
+                                tr data-service=(svc.name) {
+                                    td { (svc.name) }
+                                    td {
+                                        @match &svc.source {
+                                            Source::Branch(b) => code { (b) },
+                                            Source::Ocp => span.muted { "OCP" },
+                                        }
+                                    }
+                                    td { @if let Some(port) = svc.port { (port) } }
+                                    td { (latest_link(&svc.latest)) }
+                                    td {
+                                        @if matches!(svc.source, Source::Branch(_)) {
+                                            form method="post" action={ "/sandboxes/" (s.name) "/deploy" } {
+                                                (csrf_field(v))
+                                                input type="hidden" name="service" value=(svc.name);
+                                                button type="submit" { "Deploy" }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            section.card {
+                h2 { "Routes" }
+                div.scroll {
+                    table #routes {
+                        thead { tr { th { "Service" } th { "Mode" } th { "Live target" } th { "OCP default" } th {} } }
+                        tbody {
+                            @for r in &p.routes {
+                                tr data-service=(r.service) {
+                                    td { (r.service) }
+                                    td { span class={ "mode mode-" (r.mode) } { (r.mode) }
+                                        @if !r.live { " " span.muted title="the gateway could not be asked; this is the stored choice" { "(not live)" } } }
+                                    td { code { (r.target.as_deref().unwrap_or("—")) } }
+                                    td { code { (r.ocp_default.as_deref().unwrap_or("—")) } }
+                                    td {
+                                        form method="post" action={ "/sandboxes/" (s.name) "/routes/" (r.service) } {
+                                            (csrf_field(v))
+                                            @let other = if r.mode == "sandbox" { "ocp" } else { "sandbox" };
+                                            input type="hidden" name="mode" value=(other);
+                                            button type="submit" { "Route to " (if other == "ocp" { "OCP" } else { "sandbox" }) }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn viewer() -> Viewer {
+        Viewer {
+            name: "achmad".into(),
+            csrf: "tok".into(),
+        }
+    }
+
+    fn row() -> SandboxRow {
+        SandboxRow {
+            name: "qa-login".into(),
+            status: "running".into(),
+            owner: "achmad".into(),
+            template: Some("mobile".into()),
+            gateway_branch: "main".into(),
+            gateway_url: "http://10.0.0.5:8080".into(),
+            services: vec![
+                ("account".into(), Source::Branch("feature/<x>".into())),
+                ("eredar".into(), Source::Ocp),
+            ],
+        }
+    }
+
+    #[test]
+    fn the_overview_shows_status_owner_branches_and_a_qr_code() {
+        let html = overview(&SandboxesPage {
+            viewer: viewer(),
+            sandboxes: vec![row()],
+            repositories: vec!["account".into()],
+            templates: vec![],
+            environments: vec![],
+            error: None,
+        })
+        .into_string();
+        assert!(html.contains(r#"<a href="/sandboxes/qa-login">qa-login</a>"#));
+        assert!(html.contains(r#"class="state state-running">running<"#));
+        assert!(html.contains("feature/&lt;x&gt;"));
+        assert!(html.contains(r#"src="/sandboxes/qa-login/qr.svg""#));
+        assert!(html.contains(r#"name="mode.account""#));
+        assert!(html.contains(r#"name="_csrf" value="tok""#));
+    }
+
+    #[test]
+    fn the_detail_has_deploy_buttons_and_route_toggles() {
+        let html = detail(&SandboxPage {
+            viewer: viewer(),
+            sandbox: row(),
+            environment: None,
+            gateway_latest: None,
+            services: vec![
+                ServiceRow {
+                    name: "account".into(),
+                    source: Source::Branch("feature/x".into()),
+                    port: Some(9001),
+                    latest: Some(("d-1".into(), DeploymentState::Running)),
+                },
+                ServiceRow {
+                    name: "eredar".into(),
+                    source: Source::Ocp,
+                    port: None,
+                    latest: None,
+                },
+            ],
+            routes: vec![RouteRow {
+                service: "account".into(),
+                mode: "sandbox".into(),
+                target: Some("http://10.0.0.2:9001".into()),
+                ocp_default: Some("http://ocp/account".into()),
+                live: true,
+            }],
+            qr: None,
+            message: None,
+            error: None,
+        })
+        .into_string();
+        assert!(html.contains(r#"action="/sandboxes/qa-login/routes/account""#));
+        assert!(html.contains(r#"name="mode" value="ocp""#));
+        assert!(html.contains("Route to OCP"));
+        assert!(html.contains(r#"name="service" value="account""#));
+        assert!(
+            !html.contains(r#"name="service" value="eredar""#),
+            "no deploy for OCP services"
+        );
+        assert!(html.contains(r#"href="/deployments/d-1""#));
+        assert!(html.contains("http://ocp/account"));
+    }
+}
