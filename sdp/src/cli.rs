@@ -57,7 +57,12 @@ pub struct BrokerArgs {
     #[arg(short = 'a', long = "addr", default_value = "0.0.0.0")]
     pub addr: String,
     /// Port to listen on (-1 for a random port).
-    #[arg(short = 'p', long = "port", default_value_t = 4222, allow_hyphen_values = true)]
+    #[arg(
+        short = 'p',
+        long = "port",
+        default_value_t = 4222,
+        allow_hyphen_values = true
+    )]
     pub port: i32,
 }
 

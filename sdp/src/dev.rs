@@ -74,7 +74,10 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
     )
     .await?;
 
-    println!("{}", banner(&stack.base_url(), &stack.nats_url, &password, &data_dir));
+    println!(
+        "{}",
+        banner(&stack.base_url(), &stack.nats_url, &password, &data_dir)
+    );
     shutdown.cancelled().await;
     eprintln!("sdp dev: stopping ...");
     stack.stop().await;
@@ -132,7 +135,12 @@ mod tests {
 
     #[test]
     fn banner_says_where_and_how_to_log_in() {
-        let text = banner("http://127.0.0.1:1", "nats://127.0.0.1:2", "pw", Path::new("/d"));
+        let text = banner(
+            "http://127.0.0.1:1",
+            "nats://127.0.0.1:2",
+            "pw",
+            Path::new("/d"),
+        );
         assert!(text.contains("http://127.0.0.1:1/"));
         assert!(text.contains("Username:   demo"));
         assert!(text.contains("Password:   pw"));

@@ -126,7 +126,10 @@ async fn missing_branch_fails_at_git_checkout() {
     assert_eq!(d["state"], "FAILED", "{d}");
     assert_eq!(d["failed_stage"], "git checkout", "{d}");
     assert!(
-        d["reason"].as_str().unwrap().contains("feature/does-not-exist"),
+        d["reason"]
+            .as_str()
+            .unwrap()
+            .contains("feature/does-not-exist"),
         "{d}"
     );
     bed.stop().await;
@@ -180,12 +183,21 @@ async fn password_leaks_nowhere_during_a_deploy() {
     let hits = files_containing(bed.dir.path(), needle);
     assert!(hits.is_empty(), "password found in {hits:?}");
     let argv = bed.argv();
-    assert!(argv.contains("git "), "the argv recorder saw no git: {argv}");
-    assert!(argv.contains("go build"), "the argv recorder saw no go build");
+    assert!(
+        argv.contains("git "),
+        "the argv recorder saw no git: {argv}"
+    );
+    assert!(
+        argv.contains("go build"),
+        "the argv recorder saw no go build"
+    );
     assert!(!argv.contains(&bed.password));
     // Everything SDP logged (tracing at debug level).
     let trace = std::fs::read(trace_log()).unwrap();
-    assert!(!trace.windows(needle.len()).any(|w| w == needle), "password in tracing output");
+    assert!(
+        !trace.windows(needle.len()).any(|w| w == needle),
+        "password in tracing output"
+    );
     // The container's environment.
     let inspect = std::process::Command::new("docker")
         .args(["inspect", &format!("sandbox-{}-account", bed.sandbox)])
@@ -245,10 +257,19 @@ async fn nats_py_taps_deploy_logs_on_the_embedded_broker() {
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(20), collect).await;
-    assert!(seen_log_lines > 3, "nats-py saw {seen_log_lines} log lines:\n{everything}");
+    assert!(
+        seen_log_lines > 3,
+        "nats-py saw {seen_log_lines} log lines:\n{everything}"
+    );
     // An operator tapping `>` sees only ciphertext of the credentials.
-    assert!(everything.contains("sdp.agent.micro.deploy"), "tap missed the deploy request");
-    assert!(!everything.contains(&bed.password), "password on the bus in clear");
+    assert!(
+        everything.contains("sdp.agent.micro.deploy"),
+        "tap missed the deploy request"
+    );
+    assert!(
+        !everything.contains(&bed.password),
+        "password on the bus in clear"
+    );
     let _ = tap.kill().await;
     bed.stop().await;
 }

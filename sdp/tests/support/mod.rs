@@ -61,7 +61,10 @@ impl Bed {
         sdp_testbed::ensure_docker().await.expect("docker engine");
         let runtime_image = sdp_testbed::runtime_image().await.expect("runtime image");
         let shutdown = CancellationToken::new();
-        let dir = tempfile::Builder::new().prefix("sdp-e2e-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("sdp-e2e-")
+            .tempdir()
+            .unwrap();
         let root = dir.path().to_owned();
         let password = format!("Pw-{:016x}-leakcheck", rand_u64());
         let demo = Demo::create(&root.join("demo"), USER, &password, shutdown.clone())
@@ -85,7 +88,10 @@ impl Bed {
         // standard library for CGO_ENABLED=0 is the slow part.
         micro.build_env.insert(
             "GOCACHE".into(),
-            std::env::temp_dir().join("sdp-test-gocache").display().to_string(),
+            std::env::temp_dir()
+                .join("sdp-test-gocache")
+                .display()
+                .to_string(),
         );
         micro.heartbeat_interval = Duration::from_secs(1);
 
@@ -272,7 +278,12 @@ fn which(tool: &str) -> PathBuf {
 /// The test bed cleans up after itself: containers and network of a sandbox.
 pub fn remove_sandbox_containers(sandbox: &str) {
     let out = std::process::Command::new("docker")
-        .args(["ps", "-aq", "--filter", &format!("label=sdp.sandbox={sandbox}")])
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=sdp.sandbox={sandbox}"),
+        ])
         .output();
     if let Ok(out) = out {
         for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
