@@ -311,6 +311,27 @@ pub struct ReplayRequest {
     pub from_seq: u64,
 }
 
+/// `sdp.audit.{action}`: one state-changing action, who did it and how it
+/// ended. Also what `GET /api/v1/audit` returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub id: String,
+    pub at: DateTime<Utc>,
+    pub user: String,
+    pub action: String,
+    /// `ok` or `error`.
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub sandbox: Option<String>,
+    pub repository: Option<String>,
+    pub branch: Option<String>,
+    pub environment: Option<String>,
+    pub deployment: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -64,8 +64,6 @@ impl ControlPlane {
         if let Err(e) = self.store().insert_audit(record).await {
             tracing::error!(action = %record.action, error = %e, "could not store an audit record");
         }
-        // TODO(contract): the audit record belongs in sdp-contract as a
-        // message type; until then it goes out as this crate's AuditRecord.
         let subject = sdp_contract::subjects::audit(&record.action);
         if let Err(e) = self
             .inner

@@ -232,24 +232,9 @@ pub struct NewDeployment {
     pub requested_port: Option<u16>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditRecord {
-    pub id: String,
-    pub at: DateTime<Utc>,
-    pub user: String,
-    pub action: String,
-    /// `ok` or `error`.
-    pub outcome: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    pub sandbox: Option<String>,
-    pub repository: Option<String>,
-    pub branch: Option<String>,
-    pub environment: Option<String>,
-    pub deployment: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-}
+/// Audit records are published on `sdp.audit.{action}`, so their type is
+/// part of the bus contract.
+pub use sdp_contract::AuditRecord;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuditFilter {
