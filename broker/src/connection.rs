@@ -47,6 +47,8 @@ const CLOSE_FLUSH_DEADLINE: Duration = Duration::from_secs(1);
 /// Longest wait for the first server PING (nats-server's
 /// `firstClientPingInterval`).
 const FIRST_PING: Duration = Duration::from_secs(2);
+/// Most bytes queued for a receiver before publishers wait for it.
+const STALL_AT: usize = 2 * 1024 * 1024;
 /// Longest a publisher waits for its receivers after one read.
 const MAX_STALL: Duration = Duration::from_millis(50);
 /// Entries in a connection's subject → subscribers cache.
@@ -169,7 +171,7 @@ impl Outbound {
         format_message(&mut out.buf, subject, sid, reply, headers, payload);
         out.msgs += 1;
         out.bytes += (hlen + payload.len()) as u64;
-        let stall = out.buf.len() + self.in_flight.load(Ordering::Relaxed) > self.max_pending / 2;
+        let stall = out.buf.len() + self.in_flight.load(Ordering::Relaxed) > self.stall_threshold();
         drop(out);
         if stall {
             self.stalling.store(true, Ordering::Relaxed);
@@ -177,12 +179,19 @@ impl Outbound {
         Some(was_empty)
     }
 
-    /// Whether the client has more than half its allowance queued; a
+    /// Queued bytes past which publishers wait for this client: half its
+    /// allowance, at most [`STALL_AT`], so buffers stay small enough to be
+    /// cheap to grow and write.
+    fn stall_threshold(&self) -> usize {
+        (self.max_pending / 2).min(STALL_AT)
+    }
+
+    /// Whether the client has more than its stall threshold queued; a
     /// publisher then waits briefly for it (nats-server stalls producers
     /// the same way), so a consumer that is merely slower than its
     /// publisher is not cut off.
     fn over_stall_threshold(&self) -> bool {
-        self.pending_bytes() > self.max_pending / 2
+        self.pending_bytes() > self.stall_threshold()
     }
 
     /// Messages and bytes delivered to this client.
@@ -227,16 +236,15 @@ fn remove_subscription(shared: &Shared, sub: &Arc<Subscription>) {
     }
 }
 
-/// Queues `MSG`/`HMSG` for `sub` and applies the auto-unsubscribe limit and
-/// the receiver's subscribe deny list. Returns `None` if nothing was
-/// queued, else whether the receiver's writer needs waking.
-fn deliver(
+/// The bookkeeping of one delivery to `sub`: the auto-unsubscribe limit,
+/// the receiver's subscribe deny list and its reply allowance. Returns
+/// `None` when the message must not be delivered, else whether the
+/// receiver gets headers.
+fn admit(
     shared: &Shared,
     sub: &Arc<Subscription>,
     subject: &[u8],
     reply: Option<&[u8]>,
-    headers: Option<&[u8]>,
-    payload: &[u8],
 ) -> Option<bool> {
     if sub.is_removed() {
         return None;
@@ -264,10 +272,144 @@ fn deliver(
             p.note_request(reply);
         }
     }
+    Some(sub.client.headers.load(Ordering::Relaxed))
+}
+
+/// Queues `MSG`/`HMSG` for `sub` straight into its buffer. Returns `None`
+/// if nothing was queued, else whether the receiver's writer needs waking.
+fn deliver(
+    shared: &Shared,
+    sub: &Arc<Subscription>,
+    subject: &[u8],
+    reply: Option<&[u8]>,
+    headers: Option<&[u8]>,
+    payload: &[u8],
+) -> Option<bool> {
+    let with_headers = admit(shared, sub, subject, reply)?;
     // Clients that did not declare headers get the payload alone.
-    let headers = headers.filter(|_| sub.client.headers.load(Ordering::Relaxed));
+    let headers = headers.filter(|_| with_headers);
     sub.client
         .send_msg(shared, subject, &sub.sid, reply, headers, payload)
+}
+
+/// Frames for one receiver gathered during a publisher's read batch.
+#[derive(Debug)]
+struct Staged {
+    client: Arc<Outbound>,
+    buf: BytesMut,
+    msgs: u64,
+    bytes: u64,
+}
+
+/// A publisher's deliveries to other connections, gathered per receiver
+/// and handed over once per read batch: one lock and one wake-up per
+/// receiver and batch instead of per message (nats-server gathers its
+/// per-client pending flushes the same way).
+#[derive(Debug, Default)]
+struct Staging {
+    entries: Vec<Staged>,
+    index: HashMap<u64, usize, BuildHasherDefault<FxHasher>>,
+    staged_bytes: usize,
+    pool: Vec<BytesMut>,
+}
+
+/// Staged bytes after which a publisher hands over before the batch ends.
+const STAGE_FLUSH: usize = 256 * 1024;
+/// Spare staging buffers kept between batches, and their largest size.
+const STAGE_POOL: usize = 4;
+const STAGE_POOL_BUFFER: usize = 64 * 1024;
+
+impl Staging {
+    /// Stages a message for `sub`; false if it cannot be delivered.
+    fn add(
+        &mut self,
+        shared: &Shared,
+        sub: &Arc<Subscription>,
+        subject: &[u8],
+        reply: Option<&[u8]>,
+        headers: Option<&[u8]>,
+        payload: &[u8],
+    ) -> bool {
+        if sub.client.closing.is_cancelled() {
+            return false;
+        }
+        let Some(with_headers) = admit(shared, sub, subject, reply) else {
+            return false;
+        };
+        let headers = headers.filter(|_| with_headers);
+        let cid = sub.client.cid;
+        let idx = match self.index.get(&cid) {
+            Some(&i) => i,
+            None => {
+                let buf = self.pool.pop().unwrap_or_default();
+                self.entries.push(Staged {
+                    client: sub.client.clone(),
+                    buf,
+                    msgs: 0,
+                    bytes: 0,
+                });
+                self.index.insert(cid, self.entries.len() - 1);
+                self.entries.len() - 1
+            }
+        };
+        let st = &mut self.entries[idx];
+        let before = st.buf.len();
+        format_message(&mut st.buf, subject, &sub.sid, reply, headers, payload);
+        st.msgs += 1;
+        st.bytes += (headers.map_or(0, <[u8]>::len) + payload.len()) as u64;
+        self.staged_bytes += st.buf.len() - before;
+        true
+    }
+
+    fn is_full(&self) -> bool {
+        self.staged_bytes > STAGE_FLUSH
+    }
+
+    /// Hands every receiver its frames, wakes idle writers, and notes the
+    /// receivers past their stall threshold.
+    fn flush(&mut self, shared: &Shared, stalled: &mut Vec<Arc<Outbound>>) {
+        if self.entries.is_empty() {
+            // A batch without deliveries: the connection is quiet, keep
+            // no spare memory.
+            self.pool.clear();
+            return;
+        }
+        for mut st in self.entries.drain(..) {
+            let client = &st.client;
+            let len = st.buf.len();
+            let mut out = client.out.lock();
+            let in_flight = client.in_flight.load(Ordering::Relaxed);
+            if client.closing.is_cancelled() || out.buf.len() + in_flight + len > client.max_pending
+            {
+                drop(out);
+                // Marks the slow consumer and closes it.
+                client.push(shared, len, |_| {});
+            } else {
+                let was_empty = out.buf.is_empty();
+                if was_empty {
+                    std::mem::swap(&mut out.buf, &mut st.buf);
+                } else {
+                    out.buf.extend_from_slice(&st.buf);
+                }
+                out.msgs += st.msgs;
+                out.bytes += st.bytes;
+                let stall = out.buf.len() + in_flight > client.stall_threshold();
+                drop(out);
+                if was_empty {
+                    client.notify.notify_one();
+                }
+                if stall && !stalled.iter().any(|c| c.cid == client.cid) {
+                    stalled.push(client.clone());
+                }
+            }
+            st.buf.clear();
+            if self.pool.len() < STAGE_POOL && st.buf.capacity() <= STAGE_POOL_BUFFER {
+                self.pool.push(st.buf);
+            }
+        }
+        self.index.clear();
+        self.staged_bytes = 0;
+    }
 }
 
 /// Receivers a publisher should wait for, see [`Outbound::over_stall_threshold`].
@@ -529,6 +671,7 @@ async fn run<R, W>(
         stalled: Vec::new(),
         wake: Vec::new(),
         counts: BatchCounts::default(),
+        staging: Staging::default(),
         shared,
     };
     conn.read_loop(rd, parser).await;
@@ -563,6 +706,8 @@ struct Connection {
     wake: Vec<Arc<Outbound>>,
     /// Counters gathered during a batch, published after it.
     counts: BatchCounts,
+    /// Deliveries to other connections, handed over per batch.
+    staging: Staging,
 }
 
 /// Message counters of one read batch.
@@ -655,6 +800,7 @@ impl Connection {
     /// the batch's counters: one wake-up and a few atomic additions per
     /// read instead of per message, so writes go out in large chunks.
     fn end_batch(&mut self) {
+        self.staging.flush(&self.shared, &mut self.stalled);
         for client in self.wake.drain(..) {
             client.notify.notify_one();
         }
@@ -930,19 +1076,28 @@ impl Connection {
         let shared = &*self.shared;
         let echo = self.opts.echo;
         let cid = self.cid;
+        // Deliveries to this connection go straight to its buffer, keeping
+        // their order with its other replies; those to others are staged.
         let own = |sub: &Arc<Subscription>| sub.client.cid == cid;
         let mut delivered = 0u64;
 
         for sub in &result.psubs {
-            if !echo && own(sub) {
-                continue;
-            }
-            if let Some(wake) = deliver(shared, sub, subject, reply, headers, payload) {
-                delivered += 1;
-                if wake {
-                    self.wake.push(sub.client.clone());
+            if own(sub) {
+                if !echo {
+                    continue;
                 }
-                note_stall(&mut self.stalled, sub);
+                if let Some(wake) = deliver(shared, sub, subject, reply, headers, payload) {
+                    delivered += 1;
+                    if wake {
+                        self.wake.push(sub.client.clone());
+                    }
+                    note_stall(&mut self.stalled, sub);
+                }
+            } else if self
+                .staging
+                .add(shared, sub, subject, reply, headers, payload)
+            {
+                delivered += 1;
             }
         }
         for group in &result.qsubs {
@@ -956,18 +1111,29 @@ impl Connection {
             };
             for i in 0..n {
                 let sub = &group.members[(start + i) % n];
-                if !echo && own(sub) {
-                    continue;
-                }
-                if let Some(wake) = deliver(shared, sub, subject, reply, headers, payload) {
-                    delivered += 1;
-                    if wake {
-                        self.wake.push(sub.client.clone());
+                if own(sub) {
+                    if !echo {
+                        continue;
                     }
-                    note_stall(&mut self.stalled, sub);
+                    if let Some(wake) = deliver(shared, sub, subject, reply, headers, payload) {
+                        delivered += 1;
+                        if wake {
+                            self.wake.push(sub.client.clone());
+                        }
+                        note_stall(&mut self.stalled, sub);
+                        break;
+                    }
+                } else if self
+                    .staging
+                    .add(shared, sub, subject, reply, headers, payload)
+                {
+                    delivered += 1;
                     break;
                 }
             }
+        }
+        if self.staging.is_full() {
+            self.staging.flush(shared, &mut self.stalled);
         }
         if delivered > 0 {
             self.counts.out_msgs += delivered;

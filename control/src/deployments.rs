@@ -742,6 +742,16 @@ impl ControlPlane {
                     .await?;
                 self.log_control(id, &format!("restarted by request: container {state}"))
                     .await;
+                // A restarted gateway serves the config.php it had when it
+                // stopped; route changes made meanwhile were only stored
+                // (the agent cannot patch a stopped gateway). Push every
+                // wanted route, as a deploy does.
+                if new == DeploymentState::Running
+                    && d.node == self.inner.config.gateway_node
+                    && let Some(sandbox) = self.store().sandbox(&d.sandbox).await?
+                {
+                    self.sync_routes(None, &sandbox);
+                }
             }
             ServiceOp::Delete => {
                 self.forget_deployment(id).await?;

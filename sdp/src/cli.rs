@@ -77,6 +77,9 @@ pub struct DevArgs {
     /// First host port handed to demo microservices (they get consecutive ports).
     #[arg(long, default_value_t = 9001)]
     pub micro_port: u16,
+    /// First host port handed to sandbox gateways (one per sandbox).
+    #[arg(long, default_value_t = 8080)]
+    pub gateway_port: u16,
 }
 
 #[cfg(test)]

@@ -37,6 +37,22 @@ pub struct ServerSection {
     pub gateway_node: String,
     /// First and last host port handed to microservices.
     pub micro_ports: Option<(u16, u16)>,
+    /// First and last host port handed to sandbox gateways.
+    pub gateway_ports: Option<(u16, u16)>,
+    /// The API gateway repository, as configured on the gateway agent.
+    pub gateway_repository: Option<String>,
+    /// Builds one node runs at once; more wait in a queue, in order.
+    pub builds_per_node: Option<usize>,
+    /// A build that reports no final state within this long frees its slot.
+    pub build_timeout_seconds: Option<u64>,
+    /// How long a bus request may take before the agent counts as not answering.
+    pub request_timeout_seconds: Option<u64>,
+    /// Login runs a real `git ls-remote`: its own, longer bound.
+    pub auth_timeout_seconds: Option<u64>,
+    /// Session lifetime (default 12 hours).
+    pub session_ttl_seconds: Option<u64>,
+    /// Largest request body read.
+    pub max_body_bytes: Option<usize>,
     #[serde(default)]
     pub secure_cookies: bool,
 }
@@ -51,6 +67,14 @@ impl Default for ServerSection {
             micro_node: micro(),
             gateway_node: gateway(),
             micro_ports: None,
+            gateway_ports: None,
+            gateway_repository: None,
+            builds_per_node: None,
+            build_timeout_seconds: None,
+            request_timeout_seconds: None,
+            auth_timeout_seconds: None,
+            session_ttl_seconds: None,
+            max_body_bytes: None,
             secure_cookies: false,
         }
     }
@@ -78,6 +102,22 @@ pub struct AgentSection {
     #[serde(default)]
     pub build_env: BTreeMap<String, String>,
     pub heartbeat_seconds: Option<u64>,
+    /// Bounds on one git command and on one `go build`.
+    pub git_timeout_seconds: Option<u64>,
+    pub build_timeout_seconds: Option<u64>,
+    /// Gateway: the file holding the `$config['_url']` map, in the repository.
+    pub gateway_config_file: Option<PathBuf>,
+    /// Gateway: where the worktree is mounted in the gateway container.
+    pub gateway_mount: Option<String>,
+    /// Gateway: the URL prefix the gateway answers under.
+    pub gateway_url_prefix: Option<String>,
+    /// Gateway: the port the web server listens on inside the container.
+    pub gateway_container_port: Option<u16>,
+    /// Gateway: the graceful reload, run in the container.
+    pub reload_command: Option<Vec<String>>,
+    /// Gateway: `php` on the host for `php -l` (unset: in the container).
+    pub host_php: Option<PathBuf>,
+    pub composer_program: Option<PathBuf>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -128,6 +168,31 @@ impl ServerSection {
         if let Some(range) = self.micro_ports {
             c.micro_ports = range;
         }
+        if let Some(range) = self.gateway_ports {
+            c.gateway_ports = range;
+        }
+        if let Some(repo) = &self.gateway_repository {
+            c.gateway_repository = repo.clone();
+        }
+        if let Some(n) = self.builds_per_node {
+            c.builds_per_node = n;
+        }
+        let secs = Duration::from_secs;
+        if let Some(s) = self.build_timeout_seconds {
+            c.build_timeout = secs(s);
+        }
+        if let Some(s) = self.request_timeout_seconds {
+            c.request_timeout = secs(s);
+        }
+        if let Some(s) = self.auth_timeout_seconds {
+            c.auth_timeout = secs(s);
+        }
+        if let Some(s) = self.session_ttl_seconds {
+            c.session_ttl = secs(s);
+        }
+        if let Some(n) = self.max_body_bytes {
+            c.max_body_bytes = n;
+        }
         c.secure_cookies = self.secure_cookies;
         c
     }
@@ -164,6 +229,33 @@ impl AgentSection {
         if let Some(secs) = self.heartbeat_seconds {
             c.heartbeat_interval = Duration::from_secs(secs);
         }
+        if let Some(secs) = self.git_timeout_seconds {
+            c.git_timeout = Duration::from_secs(secs);
+        }
+        if let Some(secs) = self.build_timeout_seconds {
+            c.build_timeout = Duration::from_secs(secs);
+        }
+        if let Some(file) = &self.gateway_config_file {
+            c.gateway_config_file = file.clone();
+        }
+        if let Some(mount) = &self.gateway_mount {
+            c.gateway_mount = mount.clone();
+        }
+        if let Some(prefix) = &self.gateway_url_prefix {
+            c.gateway_url_prefix = prefix.clone();
+        }
+        if let Some(port) = self.gateway_container_port {
+            c.gateway_container_port = port;
+        }
+        if let Some(cmd) = &self.reload_command {
+            c.reload_command = cmd.clone();
+        }
+        if self.host_php.is_some() {
+            c.host_php = self.host_php.clone();
+        }
+        if let Some(composer) = &self.composer_program {
+            c.composer_program = composer.clone();
+        }
         c
     }
 }
@@ -186,5 +278,50 @@ mod tests {
                 assert_eq!(c.node, agent.kind.as_str(), "{file}: node defaults to kind");
             }
         }
+        // The server example spells out what it configures.
+        let server = load(Some(&root.join("sdp-server.toml"))).unwrap().server;
+        let c = server.control_config();
+        assert_eq!(c.micro_ports, (9001, 9999));
+        assert_eq!(c.gateway_ports, (8080, 8999));
+        assert_eq!(c.builds_per_node, 2);
+        assert_eq!(c.gateway_repository, "erangel");
+        assert_eq!(c.session_ttl, Duration::from_secs(12 * 60 * 60));
+        // And the gateway example its image and the patcher's file.
+        let gateway = load(Some(&root.join("sdp-agent-gateway.toml")))
+            .unwrap()
+            .agent
+            .unwrap()
+            .agent_config();
+        assert_eq!(gateway.gateway_image, "php:8.3-apache");
+        assert_eq!(
+            gateway.gateway_config_file,
+            Path::new("application/config/production/config.php")
+        );
+        assert_eq!(gateway.reload_command, ["apachectl", "-k", "graceful"]);
+    }
+
+    #[test]
+    fn server_settings_override_the_defaults() {
+        let section: ServerSection = toml_section(
+            r#"
+            gateway_ports = [18080, 18099]
+            builds_per_node = 4
+            request_timeout_seconds = 3
+            "#,
+        );
+        let c = section.control_config();
+        assert_eq!(c.gateway_ports, (18080, 18099));
+        assert_eq!(c.builds_per_node, 4);
+        assert_eq!(c.request_timeout, Duration::from_secs(3));
+        assert_eq!(c.micro_ports, (9001, 9999), "left out: the default");
+    }
+
+    fn toml_section<T: serde::de::DeserializeOwned>(text: &str) -> T {
+        config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .unwrap()
+            .try_deserialize()
+            .unwrap()
     }
 }

@@ -31,10 +31,28 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
     let runtime_image = sdp_testbed::runtime_image()
         .await
         .context("building the runtime image")?;
+    eprintln!(
+        "sdp dev: checking the gateway image (the first build on a machine takes a few minutes) ..."
+    );
+    let gateway_image = sdp_testbed::gateway_image()
+        .await
+        .context("building the gateway image")?;
+    // Sandbox gateways run in containers: they reach the sandbox services
+    // published on this host through the Docker bridge's address, never
+    // through loopback (which is the container's own).
+    let bridge_ip = docker_host_ip()
+        .await
+        .context("finding the Docker bridge's address")?;
 
     let demo_dir = data_dir.join("demo");
     let agents_dir = data_dir.join("agents");
-    for dir in [&demo_dir, &agents_dir.join("micro").join("worktrees")] {
+    // Both agents' worktrees: they point into the demo clones made afresh
+    // below.
+    for dir in [
+        &demo_dir,
+        &agents_dir.join("micro").join("worktrees"),
+        &agents_dir.join("gateway").join("worktrees"),
+    ] {
         if dir.exists() {
             std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
         }
@@ -48,15 +66,23 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
     micro.repositories = demo.services.clone();
     micro.work_root = agents_dir.join("micro").join("worktrees");
     micro.runtime_image = runtime_image;
-    micro.publish_host = "127.0.0.1".to_owned();
+    // What the control plane writes into each sandbox gateway's route map
+    // (`http://{address}:{port}`): reachable from inside the gateway
+    // container, so published on every interface, not only loopback.
+    micro.address = bridge_ip;
+    micro.publish_host = "0.0.0.0".to_owned();
 
     let mut gateway = AgentConfig::new(NodeKind::Gateway, agents_dir.join("gateway"));
     gateway.repositories = [("erangel".to_owned(), demo.gateway.clone())].into();
     gateway.work_root = agents_dir.join("gateway").join("worktrees");
+    gateway.gateway_image = gateway_image;
+    // Sandbox gateways are for this machine's browser and curl only.
+    gateway.address = "127.0.0.1".to_owned();
     gateway.publish_host = "127.0.0.1".to_owned();
 
     let mut control = ControlConfig::new(data_dir.join("control"));
     control.micro_ports = (args.micro_port, args.micro_port.saturating_add(998));
+    control.gateway_ports = (args.gateway_port, args.gateway_port.saturating_add(919));
 
     let http = TcpListener::bind(args.listen)
         .await
@@ -76,7 +102,13 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
 
     println!(
         "{}",
-        banner(&stack.base_url(), &stack.nats_url, &password, &data_dir)
+        banner(
+            &stack.base_url(),
+            &stack.nats_url,
+            &password,
+            &data_dir,
+            args.gateway_port
+        )
     );
     shutdown.cancelled().await;
     eprintln!("sdp dev: stopping ...");
@@ -85,11 +117,47 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
     Ok(())
 }
 
-fn banner(base: &str, nats: &str, password: &str, data_dir: &Path) -> String {
+/// The address containers on Docker's bridge networks reach this host on:
+/// the default bridge's gateway (docker0), from `docker network inspect`,
+/// else from docker0 itself.
+pub async fn docker_host_ip() -> anyhow::Result<String> {
+    let inspect = tokio::process::Command::new("docker")
+        .args([
+            "network",
+            "inspect",
+            "bridge",
+            "--format",
+            "{{range .IPAM.Config}}{{.Gateway}} {{end}}",
+        ])
+        .output()
+        .await;
+    if let Ok(out) = inspect
+        && out.status.success()
+        && let Some(ip) = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .find(|w| w.parse::<std::net::Ipv4Addr>().is_ok())
+    {
+        return Ok(ip.to_owned());
+    }
+    let out = tokio::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "docker0"])
+        .output()
+        .await
+        .context("running ip addr show docker0")?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next())
+        .map(str::to_owned)
+        .context("neither the bridge network nor docker0 has an IPv4 address")
+}
+
+fn banner(base: &str, nats: &str, password: &str, data_dir: &Path, gateway_port: u16) -> String {
     let data = data_dir.display();
     let login = format!(r#"{{"username":"{DEMO_USER}","password":"{password}"}}"#);
-    let sandbox = r#"{"name":"demo","gateway":{"branch":"main"},"services":{"account":{"branch":"feature/login-error"}}}"#;
-    let deploy = r#"{"sandbox":"demo","repository":"account","branch":"feature/login-error"}"#;
+    let sandbox = r#"{"name":"demo","gateway":{"branch":"main"},"services":{"account":{"branch":"feature/login-error"},"payment":{"use_ocp":true}}}"#;
+    let route = r#"{"mode":"ocp"}"#;
     [
         String::new(),
         "SDP is running in dev mode: broker, control plane, dashboard, a micro agent and a".into(),
@@ -108,7 +176,15 @@ fn banner(base: &str, nats: &str, password: &str, data_dir: &Path) -> String {
         "    H='content-type: application/json'".into(),
         format!("    curl -c /tmp/sdp.jar -H \"$H\" -d '{login}' {base}/api/v1/session"),
         format!("    curl -b /tmp/sdp.jar -H \"$H\" -d '{sandbox}' {base}/api/v1/sandboxes"),
-        format!("    curl -b /tmp/sdp.jar -H \"$H\" -d '{deploy}' {base}/api/v1/deployments"),
+        format!("    curl -b /tmp/sdp.jar -X POST {base}/api/v1/sandboxes/demo/deploy"),
+        format!("    curl -b /tmp/sdp.jar {base}/api/v1/sandboxes/demo        # status, gateway_url"),
+        format!(
+            "    curl http://127.0.0.1:{gateway_port}/erangel/account/hello   # the first sandbox's gateway_url"
+        ),
+        format!("    curl -b /tmp/sdp.jar {base}/api/v1/sandboxes/demo/routes"),
+        format!(
+            "    curl -b /tmp/sdp.jar -X PUT -H \"$H\" -d '{route}' {base}/api/v1/sandboxes/demo/routes/account"
+        ),
         String::new(),
         format!("Data: {data}. Stop with Ctrl-C."),
     ]
@@ -140,10 +216,19 @@ mod tests {
             "nats://127.0.0.1:2",
             "pw",
             Path::new("/d"),
+            8080,
         );
         assert!(text.contains("http://127.0.0.1:1/"));
         assert!(text.contains("Username:   demo"));
         assert!(text.contains("Password:   pw"));
+        // The sandbox exists before it is deployed, through the current API.
+        let create = text.find("/api/v1/sandboxes\n").expect("creates a sandbox");
+        let deploy = text
+            .find("/api/v1/sandboxes/demo/deploy")
+            .expect("deploys it");
+        assert!(create < deploy, "{text}");
+        assert!(!text.contains("/api/v1/deployments"), "{text}");
+        assert!(text.contains("http://127.0.0.1:8080/erangel/account/"));
     }
 
     #[test]

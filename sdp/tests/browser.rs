@@ -48,6 +48,9 @@ async fn deploy(
     b.goto("/deploy").await?;
     b.fill("#sandbox", sandbox).await?;
     b.select("#repository", repository).await?;
+    // Picking the repository loads its branches, listed live by the agent.
+    b.wait_for(&format!("#branch-list option[value='{branch}']"), PAGE)
+        .await?;
     b.fill("#branch", branch).await?;
     b.fill("#port", &port.to_string()).await?;
     b.shot("deploy-form").await?;
@@ -314,6 +317,18 @@ async fn environments_templates_sandboxes_and_routes_from_the_dashboard() {
         b.wait_for("#routes tr[data-service=account] .mode-sandbox", PAGE)
             .await?;
 
+        // Another branch for account, saved on the sandbox page.
+        b.click("details.card summary").await?;
+        b.fill("#change-sandbox input[name='branch.account']", "develop")
+            .await?;
+        b.click("#change-sandbox button[type=submit]").await?;
+        b.wait_text("p.notice", PAGE, "the saved change", |t| {
+            t.contains("saved")
+        })
+        .await?;
+        let services = b.find("#services").await?.text().await?;
+        assert!(services.contains("develop"), "{services}");
+
         // The service's own deploy button.
         b.click("#services tr[data-service=account] button").await?;
         b.wait_for("#deployment-head[data-state=RUNNING]", BUILD)
@@ -341,5 +356,63 @@ async fn environments_templates_sandboxes_and_routes_from_the_dashboard() {
     })
     .await;
     b.close().await;
+    stop(bed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_gateway_read_off_the_page_reaches_the_sandbox_service() {
+    let bed = Bed::start_routing().await;
+    let b = Browser::start(&bed.stack.base_url(), "gateway_walk").await;
+    b.run(async {
+        sign_in(&b, &bed.password).await?;
+        b.wait_text("h1", PAGE, "the overview", |t| t == "Sandboxes")
+            .await?;
+
+        // account from its feature branch, payment from OCP.
+        b.fill("#sb-name", &bed.sandbox).await?;
+        b.fill("#sb-gateway", "main").await?;
+        b.select("#new-sandbox select[name='mode.account']", "branch")
+            .await?;
+        b.fill(
+            "#new-sandbox input[name='branch.account']",
+            "feature/login-error",
+        )
+        .await?;
+        b.select("#new-sandbox select[name='mode.payment']", "ocp")
+            .await?;
+        b.shot("new-sandbox").await?;
+        b.click("#new-sandbox button[type=submit]").await?;
+        b.wait_text("h1", PAGE, "the sandbox", |t| t.contains(&bed.sandbox))
+            .await?;
+
+        // Deploy all: the gateway and account; the table follows them live.
+        b.click("form[action$='/deploy'] button.primary").await?;
+        b.wait_text("p.notice", PAGE, "the queued deployments", |t| {
+            t.contains("2 deployments queued")
+        })
+        .await?;
+        b.shot("deploying").await?;
+        b.wait_for("#services tr[data-service=account] .state-running", BUILD)
+            .await?;
+        b.wait_for("#services tr[data-service=gateway] .state-running", BUILD)
+            .await?;
+        b.goto(&format!("/sandboxes/{}", bed.sandbox)).await?;
+        b.wait_for("#routes tr[data-service=account] .mode-sandbox", PAGE)
+            .await?;
+        b.shot("running").await?;
+
+        // The URL a phone would use, read off the page.
+        let url = b.find("#gateway-url").await?.text().await?;
+        let body: serde_json::Value = reqwest::get(format!("{url}/erangel/account/hello"))
+            .await?
+            .json()
+            .await?;
+        assert_eq!(body["service"], "account", "{body}");
+        assert_eq!(body["branch"], "feature/login-error", "{body}");
+        Ok(())
+    })
+    .await;
+    b.close().await;
+    support::remove_sandbox_containers(&bed.sandbox);
     stop(bed).await;
 }

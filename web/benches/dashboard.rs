@@ -46,9 +46,12 @@ fn overview(n: usize) -> SandboxesPage {
                 owner: format!("dev{}", i % 17),
                 template: (i % 3 == 0).then(|| "mobile".into()),
                 gateway_branch: "main".into(),
-                gateway_url: format!("http://172.18.0.10:{}", 8080 + i),
+                gateway_url: format!("http://10.0.0.10:{}", 8080 + i),
                 services: vec![
-                    ("account".into(), Source::Branch(format!("feature/ticket-{i}"))),
+                    (
+                        "account".into(),
+                        Source::Branch(format!("feature/ticket-{i}")),
+                    ),
                     ("payment".into(), Source::Ocp),
                     ("user".into(), Source::Branch("develop".into())),
                 ],
@@ -85,10 +88,16 @@ fn deployment_page(log_bytes: usize) -> DeploymentPage {
             reason: None,
             started: "2026-11-27 16:03:00 UTC".into(),
             completed: "2026-11-27 16:03:40 UTC".into(),
-            stages: ["git fetch", "git checkout", "git pull", "go build", "start container"]
-                .iter()
-                .map(|s| stage(s, StageStatus::Completed))
-                .collect(),
+            stages: [
+                "git fetch",
+                "git checkout",
+                "git pull",
+                "go build",
+                "start container",
+            ]
+            .iter()
+            .map(|s| stage(s, StageStatus::Completed))
+            .collect(),
             csrf: "9f".repeat(32),
         },
         log_from: 1,
@@ -106,7 +115,11 @@ fn sizes() {
     println!();
     for n in ["app.css", "app.js", "htmx.min.js", "ws.min.js"] {
         let a = assets::find(n).unwrap();
-        println!("- asset {n}: {} B raw, {} B gzip", a.bytes.len(), gzip(a.bytes));
+        println!(
+            "- asset {n}: {} B raw, {} B gzip",
+            a.bytes.len(),
+            gzip(a.bytes)
+        );
     }
     let history = deployments::render(&deployments::DeploymentsPage {
         viewer: viewer(),
@@ -126,8 +139,14 @@ fn sizes() {
     })
     .into_string();
     let pages = [
-        ("overview, 200 sandboxes", sandboxes::overview(&overview(200)).into_string()),
-        ("deployment, 48 KiB log tail (the page's cap)", deployment::render(&deployment_page(48 * 1024)).into_string()),
+        (
+            "overview, 200 sandboxes",
+            sandboxes::overview(&overview(200)).into_string(),
+        ),
+        (
+            "deployment, 48 KiB log tail (the page's cap)",
+            deployment::render(&deployment_page(48 * 1024)).into_string(),
+        ),
         ("history, 200 deployments", history),
     ];
     for (name, html) in pages {
@@ -176,9 +195,16 @@ async fn streaming() {
     let started = Instant::now();
     // The control plane appends one line per write; so does this writer.
     let writer = tokio::task::spawn_blocking(move || {
-        let mut f = std::fs::OpenOptions::new().append(true).open(writer_path).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(writer_path)
+            .unwrap();
         for i in 0..LINES {
-            writeln!(f, "[go build] line {i:06} of the build output, as fast as it comes").unwrap();
+            writeln!(
+                f,
+                "[go build] line {i:06} of the build output, as fast as it comes"
+            )
+            .unwrap();
         }
         started.elapsed()
     });
@@ -198,7 +224,7 @@ async fn streaming() {
             wire += frame.len();
             received.push_str(&text);
         }
-        if received.len() >= 1 && received.lines().count() >= LINES {
+        if received.lines().count() >= LINES {
             break;
         }
         if started.elapsed() > Duration::from_secs(120) {
@@ -232,5 +258,7 @@ async fn streaming() {
 fn main() {
     sizes();
     render_p99();
-    tokio::runtime::Runtime::new().unwrap().block_on(streaming());
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(streaming());
 }

@@ -15,8 +15,9 @@ use sdp_control::audit::AuditEntry;
 use sdp_control::deployments::{CreateDeployment, ServiceOp};
 use sdp_control::environments::EnvironmentBody;
 use sdp_control::sandboxes::{SandboxBody, TemplateBody};
+use sdp_control::sessions::{self, Session};
 use sdp_control::storage::AuditFilter;
-use sdp_control::{ApiError, DeploymentFilter, sessions};
+use sdp_control::{ApiError, DeploymentFilter};
 use serde_json::{Value, json};
 
 use crate::Web;
@@ -82,12 +83,11 @@ async fn record<T>(web: &Web, a: &Authed, entry: AuditEntry, result: &Result<T, 
 fn repositories(web: &Web) -> Vec<String> {
     let mut repos: Vec<String> = web
         .cp
-        .nodes()
+        .repositories()
         .into_iter()
-        .filter(|n| n.kind == NodeKind::Micro)
-        .flat_map(|n| n.repositories)
+        .filter(|r| r.kind == NodeKind::Micro)
+        .map(|r| r.name)
         .collect();
-    repos.sort();
     repos.dedup();
     repos
 }
@@ -256,17 +256,18 @@ pub async fn deploy_form(
     a: Authed,
     Query(form): Query<DeployForm>,
 ) -> Response {
-    deploy_page(&web, a.viewer, form, None, StatusCode::OK).await
+    deploy_page(&web, &a.session, a.viewer, form, None, StatusCode::OK).await
 }
 
 async fn deploy_page(
     web: &Web,
+    session: &Session,
     viewer: Viewer,
     form: DeployForm,
     error: Option<String>,
     status: StatusCode,
 ) -> Response {
-    let branches = known_branches(web, &form.repository).await;
+    let branches = known_branches(web, session, &form.repository).await;
     let page = DeployPage {
         viewer,
         repositories: repositories(web),
@@ -279,14 +280,24 @@ async fn deploy_page(
     (status, deploy::render(&page)).into_response()
 }
 
-/// Branches to suggest for `repository`: those deployed before, newest first.
-///
-/// The live list from the agent (`sdp.agent.{node}.branches`) needs the
-/// user's credentials sealed to it, which only the control plane can do; until
-/// it exposes that, history is the best guess, and any branch can be typed.
-async fn known_branches(web: &Web, repository: &str) -> Vec<Branch> {
+/// The branches of `repository`, listed live by its agent with the user's
+/// credentials; if the agent cannot be asked, those deployed before, so the
+/// form still suggests something (any branch can be typed).
+async fn known_branches(web: &Web, session: &Session, repository: &str) -> Vec<Branch> {
     if repository.is_empty() {
         return Vec::new();
+    }
+    match web.cp.branches(session, repository).await {
+        Ok(list) => {
+            return list
+                .into_iter()
+                .map(|b| Branch {
+                    name: b.name,
+                    commit: b.commit,
+                })
+                .collect();
+        }
+        Err(e) => tracing::info!(repository, error = %e.message(), "branches not listed live"),
     }
     let filter = DeploymentFilter {
         repository: Some(repository.to_owned()),
@@ -312,8 +323,8 @@ pub struct BranchQuery {
 }
 
 /// `GET /branches?repository=`: the deploy form's suggestions (a fragment).
-pub async fn branches(State(web): State<Web>, _: Authed, Query(q): Query<BranchQuery>) -> Response {
-    deploy::branch_list(&known_branches(&web, &q.repository).await).into_response()
+pub async fn branches(State(web): State<Web>, a: Authed, Query(q): Query<BranchQuery>) -> Response {
+    deploy::branch_list(&known_branches(&web, &a.session, &q.repository).await).into_response()
 }
 
 /// `POST /deploy`
@@ -326,6 +337,7 @@ pub async fn deploy(State(web): State<Web>, a: Authed, Form(form): Form<DeployFo
                 let msg = "the port must be a number from 1 to 65535, or empty to allocate one";
                 return deploy_page(
                     &web,
+                    &a.session,
                     a.viewer,
                     form,
                     Some(msg.into()),
@@ -360,7 +372,15 @@ pub async fn deploy(State(web): State<Web>, a: Authed, Form(form): Form<DeployFo
         Ok(d) => see_other(&format!("/deployments/{}", d.id)),
         Err(e) => {
             let status = e.status();
-            deploy_page(&web, a.viewer, form, Some(e.message().to_owned()), status).await
+            deploy_page(
+                &web,
+                &a.session,
+                a.viewer,
+                form,
+                Some(e.message().to_owned()),
+                status,
+            )
+            .await
         }
     }
 }
@@ -642,6 +662,9 @@ pub async fn sandbox_create(
 #[serde(default)]
 pub struct MsgQuery {
     msg: String,
+    /// `services`: only the services table is wanted (the page's own
+    /// refresh), so the gateway is not asked for its routes.
+    part: String,
 }
 
 /// `GET /sandboxes/{name}`; `/sandboxes/{name}/qr.svg` is its QR code.
@@ -651,6 +674,9 @@ pub async fn sandbox(
     Path(name): Path<String>,
     Query(q): Query<MsgQuery>,
 ) -> Response {
+    // The page's own refresh wants the services table only, so the gateway
+    // is not asked for its routes every few seconds.
+    let with_routes = q.part != "services";
     sandbox_page(
         &web,
         a.viewer,
@@ -658,6 +684,7 @@ pub async fn sandbox(
         nonempty(&q.msg),
         None,
         StatusCode::OK,
+        with_routes,
     )
     .await
 }
@@ -669,6 +696,7 @@ async fn sandbox_page(
     message: Option<String>,
     error: Option<String>,
     status: StatusCode,
+    with_routes: bool,
 ) -> Response {
     let s = match web.cp.sandbox(name).await {
         Ok(s) => s,
@@ -689,7 +717,11 @@ async fn sandbox_page(
             .find(|d| d.repository == repo)
             .map(|d| (d.id.clone(), d.state))
     };
-    let routes = web.cp.routes(&s.name).await.unwrap_or_default();
+    let routes = if with_routes {
+        web.cp.routes(&s.name).await.unwrap_or_default()
+    } else {
+        Default::default()
+    };
     let row = SandboxRow::from(&s);
     let page = SandboxPage {
         services: s
@@ -716,6 +748,7 @@ async fn sandbox_page(
                 live: r.live,
             })
             .collect(),
+        repositories: repositories(web),
         qr: qr::svg(&row.gateway_url),
         environment: s.environment.clone(),
         sandbox: row,
@@ -752,6 +785,29 @@ pub async fn sandbox_action(
                         &format!("{} deployments queued", list.len()),
                     ),
                 })
+        }
+        "update" => {
+            let mut body = json!({});
+            if let Some(b) = nonempty(field(&fields, "gateway_branch")) {
+                body["gateway"] = json!({ "branch": b });
+            }
+            let result = match services_from(&fields).and_then(|services| {
+                body["services"] = json!(services);
+                serde_json::from_value::<SandboxBody>(body)
+                    .map_err(|e| ApiError::bad_request(e.to_string()))
+            }) {
+                Ok(body) => web.cp.update_sandbox(&a.session, &name, &body).await,
+                Err(e) => Err(e),
+            };
+            record(
+                &web,
+                &a,
+                sandbox_entry("sandbox_update", &name, "dashboard"),
+                &result,
+            )
+            .await;
+            result
+                .map(|s| see_other_msg(&format!("/sandboxes/{}", s.name), "saved: deploy to apply"))
         }
         "clone" => {
             let to = field(&fields, "name").to_owned();
@@ -794,6 +850,7 @@ pub async fn sandbox_action(
                 None,
                 Some(e.message().to_owned()),
                 e.status(),
+                true,
             )
             .await
         }
@@ -851,6 +908,7 @@ pub async fn route_toggle(
                 None,
                 Some(e.message().to_owned()),
                 e.status(),
+                true,
             )
             .await
         }

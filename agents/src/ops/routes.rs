@@ -25,6 +25,8 @@ struct Located {
     repository: ServiceName,
     gateway: SandboxGateway,
     branch: String,
+    /// Docker's state of the gateway container (`running`, `exited`, ...).
+    state: String,
 }
 
 async fn locate(
@@ -75,6 +77,7 @@ async fn locate(
         repository,
         gateway,
         branch,
+        state: details.state,
     })
 }
 
@@ -139,9 +142,34 @@ pub(super) async fn get(shared: &Shared, payload: &[u8]) -> Result<LiveRoutes, A
     ))
 }
 
+/// `routes.apply` needs the gateway container running.
+fn not_running(at: &Located, node: &str) -> Result<(), AgentError> {
+    if at.state == "running" {
+        return Ok(());
+    }
+    Err(AgentError::new(
+        ErrorCode::NotFound,
+        format!(
+            "the gateway of sandbox '{}' on node '{node}' is not running ({}): routes apply \
+             when it runs again",
+            at.sandbox,
+            if at.state.is_empty() {
+                "state unknown"
+            } else {
+                at.state.as_str()
+            }
+        ),
+    ))
+}
+
 pub(super) async fn apply(shared: &Shared, payload: &[u8]) -> Result<LiveRoutes, AgentError> {
     let request: RoutesApplyRequest = body("routes.apply", payload)?;
     let at = locate(shared, &request.sandbox, request.repository.as_deref()).await?;
+    // A stopped gateway can neither check the patched file (`php -l` runs
+    // in it) nor reload: say so as "not found", which the control plane
+    // reads as "keep the wanted route for the gateway's next start",
+    // instead of an internal error that made it refuse the change.
+    not_running(&at, &shared.config.node)?;
     let slot = shared
         .worktree_locks
         .get(&at.gateway.worktree.display().to_string());
@@ -162,4 +190,33 @@ pub(super) async fn apply(shared: &Shared, payload: &[u8]) -> Result<LiveRoutes,
         done.routes,
         &defaults,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AgentConfig;
+
+    fn located(state: &str) -> Located {
+        let config = AgentConfig::new(NodeKind::Gateway, "/d".into());
+        let sandbox = SandboxName::parse("qa").unwrap();
+        let repository = ServiceName::parse("erangel").unwrap();
+        Located {
+            gateway: SandboxGateway::new(&config, &sandbox, &repository),
+            sandbox,
+            repository,
+            branch: "main".into(),
+            state: state.into(),
+        }
+    }
+
+    #[test]
+    fn route_change_on_a_stopped_gateway_is_not_found_not_internal() {
+        assert!(not_running(&located("running"), "gateway").is_ok());
+        for state in ["exited", "created", ""] {
+            let e = not_running(&located(state), "gateway").unwrap_err();
+            assert_eq!(e.code, ErrorCode::NotFound, "{state}");
+            assert!(e.message.contains("is not running"), "{}", e.message);
+        }
+    }
 }

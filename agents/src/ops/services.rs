@@ -243,5 +243,16 @@ async fn remove_worktree(
             .collect(&shared.shutdown)
             .await;
     }
+    // The sandbox's directory (`{work_root}/{sandbox}`) goes with its last
+    // worktree; otherwise every deleted sandbox left an empty directory
+    // behind. `remove_dir` only removes an empty one, so a worktree of
+    // another repository of the sandbox keeps it; and `git worktree add`
+    // makes it again should a deployment race us.
+    if let Some(sandbox_dir) = tree.parent()
+        && let Err(e) = tokio::fs::remove_dir(sandbox_dir).await
+        && e.kind() == std::io::ErrorKind::PermissionDenied
+    {
+        tracing::warn!(dir = %sandbox_dir.display(), error = %e, "cannot remove the sandbox's worktree directory");
+    }
     Ok(true)
 }

@@ -55,11 +55,44 @@ pub struct Options {
     pub no_gateway: bool,
 }
 
+/// `n` consecutive ports, each free on every interface right now, from a
+/// random place in the unprivileged range.
+pub fn free_port_block(n: u16) -> (u16, u16) {
+    for _ in 0..200 {
+        let first = 20_000 + (rand_u64() % 30_000) as u16;
+        let last = first + n - 1;
+        let free = (first..=last).all(|p| std::net::TcpListener::bind(("0.0.0.0", p)).is_ok());
+        if free {
+            return (first, last);
+        }
+    }
+    panic!("no block of {n} free ports found");
+}
+
 impl Bed {
     pub async fn start(options: Options) -> Bed {
+        Self::start_with(options, false).await
+    }
+
+    /// A bed set up for sandbox gateways that route to sandbox services, as
+    /// `sdp dev` does: the gateway agent runs the real gateway image, the
+    /// micro agent publishes on every interface and advertises the Docker
+    /// bridge's address (what a gateway container reaches the host on), and
+    /// the control plane hands out ports from a block free on this machine,
+    /// so tests running side by side do not collide.
+    pub async fn start_routing() -> Bed {
+        Self::start_with(Options::default(), true).await
+    }
+
+    async fn start_with(options: Options, routing: bool) -> Bed {
         trace_log();
         sdp_testbed::ensure_docker().await.expect("docker engine");
         let runtime_image = sdp_testbed::runtime_image().await.expect("runtime image");
+        let gateway_image = if routing {
+            Some(sdp_testbed::gateway_image().await.expect("gateway image"))
+        } else {
+            None
+        };
         let shutdown = CancellationToken::new();
         let dir = tempfile::Builder::new()
             .prefix("sdp-e2e-")
@@ -94,6 +127,10 @@ impl Bed {
                 .to_string(),
         );
         micro.heartbeat_interval = Duration::from_secs(1);
+        if routing {
+            micro.address = sdp::dev::docker_host_ip().await.expect("docker bridge");
+            micro.publish_host = "0.0.0.0".into();
+        }
 
         let mut agents = vec![micro];
         if !options.no_gateway {
@@ -102,10 +139,19 @@ impl Bed {
             gateway.work_root = root.join("gateway-worktrees");
             gateway.git_program = git;
             gateway.heartbeat_interval = Duration::from_secs(1);
+            if let Some(image) = gateway_image {
+                gateway.gateway_image = image;
+                gateway.publish_host = "127.0.0.1".into();
+            }
             agents.push(gateway);
         }
 
-        let control = ControlConfig::new(root.join("control"));
+        let mut control = ControlConfig::new(root.join("control"));
+        if routing {
+            let (first, last) = free_port_block(20);
+            control.micro_ports = (first, first + 9);
+            control.gateway_ports = (first + 10, last);
+        }
         let stack = Stack::start(
             StackConfig {
                 http: TcpListener::bind("127.0.0.1:0").await.unwrap(),

@@ -61,20 +61,29 @@ impl From<&sdp_control::sandboxes::SandboxView> for SandboxRow {
 }
 
 /// A form's service choices: for each known repository, a branch, OCP, or
-/// left out.
-pub fn service_picker(repositories: &[String]) -> Markup {
+/// left out; `current` preselects what a sandbox or template has now.
+pub fn service_picker(repositories: &[String], current: &[(String, Source)]) -> Markup {
+    let mut names: Vec<&String> = repositories.iter().collect();
+    for (svc, _) in current {
+        if !names.contains(&svc) {
+            names.push(svc);
+        }
+    }
     html! {
         fieldset.services {
             legend { "Services" }
-            @for r in repositories {
+            @for r in names {
+                @let now = current.iter().find(|(s, _)| s == r).map(|(_, src)| src);
+                @let branch = match now { Some(Source::Branch(b)) => b.as_str(), _ => "" };
                 div.service-pick {
                     span.svc { (r) }
                     select name={ "mode." (r) } aria-label={ "source of " (r) } {
-                        option value="" { "not in the sandbox" }
-                        option value="branch" { "branch" }
-                        option value="ocp" { "OCP" }
+                        option value="" selected[now.is_none()] { "not in the sandbox" }
+                        option value="branch" selected[matches!(now, Some(Source::Branch(_)))] { "branch" }
+                        option value="ocp" selected[matches!(now, Some(Source::Ocp))] { "OCP" }
                     }
-                    input name={ "branch." (r) } placeholder="branch" aria-label={ "branch of " (r) } autocomplete="off";
+                    input name={ "branch." (r) } value=(branch) placeholder="branch"
+                        aria-label={ "branch of " (r) } autocomplete="off";
                 }
             }
         }
@@ -160,7 +169,7 @@ pub fn overview(p: &SandboxesPage) -> Markup {
                     }
                     label for="sb-gateway" { "Gateway branch" }
                     input #sb-gateway name="gateway_branch" placeholder="main" autocomplete="off";
-                    (service_picker(&p.repositories))
+                    (service_picker(&p.repositories, &[]))
                     button.primary type="submit" { "Create sandbox" }
                 }
             }
@@ -193,6 +202,8 @@ pub struct SandboxPage {
     pub gateway_latest: Option<(String, DeploymentState)>,
     pub services: Vec<ServiceRow>,
     pub routes: Vec<RouteRow>,
+    /// Every repository a sandbox can take, for the change form.
+    pub repositories: Vec<String>,
     pub qr: Option<Markup>,
     pub message: Option<String>,
     pub error: Option<String>,
@@ -246,11 +257,13 @@ pub fn detail(p: &SandboxPage) -> Markup {
             }
             section.card {
                 h2 { "Services" }
-                div.scroll {
+                // Refreshes itself, so deployments show their state as they go.
+                div.scroll #services-live hx-get={ "/sandboxes/" (s.name) "?part=services" }
+                    hx-trigger="every 3s" hx-select="#services-live" hx-swap="outerHTML" {
                     table #services {
                         thead { tr { th { "Service" } th { "Source" } th { "Port" } th { "Latest" } th {} } }
                         tbody {
-                            tr {
+                            tr data-service="gateway" {
                                 td { "gateway" }
                                 td { code { (s.gateway_branch) } }
                                 td {}
@@ -281,6 +294,16 @@ pub fn detail(p: &SandboxPage) -> Markup {
                             }
                         }
                     }
+                }
+            }
+            details.card {
+                summary { "Change branches" }
+                form #change-sandbox .stack method="post" action={ "/sandboxes/" (s.name) "/update" } {
+                    (csrf_field(v))
+                    label for="ch-gateway" { "Gateway branch" }
+                    input #ch-gateway name="gateway_branch" value=(s.gateway_branch) autocomplete="off";
+                    (service_picker(&p.repositories, &s.services))
+                    button.primary type="submit" { "Save" }
                 }
             }
             section.card {
@@ -387,11 +410,18 @@ mod tests {
                 ocp_default: Some("http://ocp/account".into()),
                 live: true,
             }],
+            repositories: vec!["account".into(), "user".into()],
             qr: None,
             message: None,
             error: None,
         })
         .into_string();
+        assert!(html.contains(r#"action="/sandboxes/qa-login/update""#));
+        assert!(
+            html.contains(r#"name="branch.account" value="feature/&lt;x&gt;""#),
+            "{html}"
+        );
+        assert!(html.contains(r#"<option value="ocp" selected>OCP</option>"#));
         assert!(html.contains(r#"action="/sandboxes/qa-login/routes/account""#));
         assert!(html.contains(r#"name="mode" value="ocp""#));
         assert!(html.contains("Route to OCP"));

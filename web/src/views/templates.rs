@@ -88,7 +88,7 @@ pub fn render(p: &TemplatesPage) -> Markup {
                     }
                     label for="tp-gateway" { "Gateway branch" }
                     input #tp-gateway name="gateway_branch" placeholder="main" autocomplete="off";
-                    (service_picker(&p.repositories))
+                    (service_picker(&p.repositories, &[]))
                     button.primary type="submit" { "Create template" }
                 }
             }
