@@ -38,9 +38,12 @@ pub async fn connect(urls: &str, name: &str) -> anyhow::Result<async_nats::Clien
         .with_context(|| format!("connecting to NATS at {urls}"))
 }
 
-/// The control plane's HTTP side: JSON API plus dashboard.
-pub fn http_router(cp: &ControlPlane) -> axum::Router {
-    cp.api_router().merge(sdp_web::router(cp.clone()))
+/// The control plane's HTTP side: JSON API plus dashboard. The dashboard
+/// gets the bus too, so open deployment pages wake on the agent's events
+/// instead of polling.
+pub fn http_router(cp: &ControlPlane, nats: async_nats::Client) -> axum::Router {
+    cp.api_router()
+        .merge(sdp_web::router_with_bus(cp.clone(), nats))
 }
 
 /// Starts the control plane and serves its API and dashboard on `listener`.
@@ -50,10 +53,10 @@ pub async fn start_server(
     config: ControlConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(ControlPlane, JoinHandle<std::io::Result<()>>)> {
-    let cp = ControlPlane::start(nats, config, shutdown.clone())
+    let cp = ControlPlane::start(nats.clone(), config, shutdown.clone())
         .await
         .context("starting the control plane")?;
-    let router = http_router(&cp);
+    let router = http_router(&cp, nats);
     let serve = tokio::spawn(sdp_control::serve(listener, router, shutdown));
     Ok((cp, serve))
 }
