@@ -12,12 +12,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use sdp_contract::stages::{
-    APPLY_ROUTES, COMPOSER_INSTALL, GIT_CHECKOUT, GIT_FETCH, GIT_PULL, GIT_RESET, START_CONTAINER,
-};
+use sdp_contract::stages::{APPLY_ROUTES, COMPOSER_INSTALL, GIT_FETCH, GIT_RESET, START_CONTAINER};
 use sdp_contract::{
-    BranchName, DeployEnvironment, DeploymentState, EventKind, LiveRoute, LiveRoutes, RouteMode,
-    RouteTarget, SandboxName, ServiceName,
+    BranchName, DeployEnvironment, LiveRoute, LiveRoutes, RouteMode, RouteTarget, SandboxName,
+    ServiceName,
 };
 use tokio::sync::OwnedMutexGuard;
 
@@ -234,13 +232,9 @@ impl Run<'_> {
         let r = self.fetch_origin(GIT_FETCH, &worktree, &credentials).await;
         self.end(GIT_FETCH, r).await?;
 
-        self.begin(GIT_CHECKOUT).await;
-        let r = self.checkout(&worktree, &branch).await;
-        self.end(GIT_CHECKOUT, r).await?;
-
-        self.begin(GIT_PULL).await;
-        let r = self.pull(&worktree, &branch, &credentials).await;
-        let commit = self.end(GIT_PULL, r).await?;
+        let commit = self
+            .checkout_and_pull(&worktree, &branch, &credentials)
+            .await?;
         // Before anything patches it: this is the branch's own file.
         let pristine = tokio::fs::read(&gateway.config_file).await.map_err(|e| {
             format!(
@@ -285,14 +279,7 @@ impl Run<'_> {
         }
         self.end(APPLY_ROUTES, r).await?;
 
-        self.reporter
-            .event(EventKind::State {
-                state: DeploymentState::Running,
-                reason: None,
-                commit: Some(commit),
-                container: Some(container),
-            })
-            .await;
+        self.reporter.running(commit, container).await;
         Ok(())
     }
 
@@ -381,24 +368,11 @@ impl Run<'_> {
     async fn start_gateway(&mut self, t: &Target<'_>) -> Result<String, String> {
         let shared = self.shared;
         let config = &shared.config;
-        let docker = &shared.docker;
         let name = t.gateway.container.clone();
-        let network = format!("sandbox-{}", t.sandbox);
-        self.reporter
-            .narrate(START_CONTAINER, &format!("network {network}"))
-            .await;
-        docker
-            .ensure_network(&network, t.sandbox.as_str())
-            .await
-            .map_err(|e| e.to_string())?;
-        let files = config.data_dir.join("files").join(&name);
-        let mut mounts = environment::write_files(t.environment, &files)
-            .await
-            .map_err(|e| e.to_string())?;
-        mounts.insert(
-            0,
-            (t.gateway.worktree.clone(), config.gateway_mount.clone()),
-        );
+        let source = (t.gateway.worktree.clone(), config.gateway_mount.clone());
+        let (network, mounts) = self
+            .network_and_mounts(t.sandbox, t.environment, &name, source)
+            .await?;
         let spec = ContainerSpec {
             name: name.clone(),
             image: config.gateway_image.clone(),
@@ -439,13 +413,7 @@ impl Run<'_> {
                 ),
             )
             .await;
-        docker.run(&spec).await.map_err(|e| e.to_string())?;
-        if let Err(reason) = self.wait_ready(&name, t.port).await {
-            if let Err(e) = docker.remove_container(&name).await {
-                tracing::warn!(container = %name, error = %e, "cannot remove a failed gateway");
-            }
-            return Err(reason);
-        }
+        self.run_until_ready(&spec, t.port, "gateway").await?;
         self.reporter
             .narrate(
                 START_CONTAINER,

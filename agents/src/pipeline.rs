@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use sdp_contract::stages::{GIT_CHECKOUT, GIT_FETCH, GIT_PULL, GO_BUILD, START_CONTAINER};
 use sdp_contract::{
-    BranchName, Credentials, DeployEnvironment, DeploymentState, EventKind, LogStream, NodeKind,
-    RouteTarget, SandboxName, ServiceName,
+    BranchName, Credentials, DeployEnvironment, EventKind, LogStream, NodeKind, RouteTarget,
+    SandboxName, ServiceName,
 };
 use tokio::sync::OwnedMutexGuard;
 use tokio::time::Instant;
@@ -102,13 +102,9 @@ impl Run<'_> {
         // Held to the end: one deployment at a time per worktree.
         let (_slot, repo_turn) = self.end(GIT_FETCH, r).await?;
 
-        self.begin(GIT_CHECKOUT).await;
-        let r = self.checkout(&worktree, &branch).await;
-        self.end(GIT_CHECKOUT, r).await?;
-
-        self.begin(GIT_PULL).await;
-        let r = self.pull(&worktree, &branch, &credentials).await;
-        let commit = self.end(GIT_PULL, r).await?;
+        let commit = self
+            .checkout_and_pull(&worktree, &branch, &credentials)
+            .await?;
         // Git is done: other sandboxes may use the repository, and the
         // credentials are not needed any more.
         drop(repo_turn);
@@ -132,14 +128,7 @@ impl Run<'_> {
         let r = self.start(&target).await;
         let container = self.end(START_CONTAINER, r).await?;
 
-        self.reporter
-            .event(EventKind::State {
-                state: DeploymentState::Running,
-                reason: None,
-                commit: Some(commit),
-                container: Some(container),
-            })
-            .await;
+        self.reporter.running(commit, container).await;
         Ok(())
     }
 
@@ -168,23 +157,27 @@ impl Run<'_> {
             }
             Err(reason) => {
                 let reason = self.reporter.masker().mask(&reason);
-                self.reporter
-                    .event(EventKind::StageFailed {
-                        stage: stage.to_owned(),
-                        reason: reason.clone(),
-                    })
-                    .await;
-                self.reporter
-                    .event(EventKind::State {
-                        state: DeploymentState::Failed,
-                        reason: Some(reason),
-                        commit: None,
-                        container: None,
-                    })
-                    .await;
+                self.reporter.fail(Some(stage.to_owned()), reason).await;
                 Err(Stopped)
             }
         }
+    }
+
+    /// The checkout and pull stages, the same for a service and a gateway once
+    /// the worktree is fetched. Returns the commit now checked out.
+    pub(crate) async fn checkout_and_pull(
+        &mut self,
+        worktree: &Path,
+        branch: &BranchName,
+        credentials: &Credentials,
+    ) -> Result<String, Stopped> {
+        self.begin(GIT_CHECKOUT).await;
+        let r = self.checkout(worktree, branch).await;
+        self.end(GIT_CHECKOUT, r).await?;
+
+        self.begin(GIT_PULL).await;
+        let r = self.pull(worktree, branch, credentials).await;
+        self.end(GIT_PULL, r).await
     }
 
     /// Takes `lock`, saying so in the log when it has to wait.
@@ -440,21 +433,11 @@ impl Run<'_> {
     /// Returns the container's name.
     async fn start(&mut self, t: &Target<'_>) -> Result<String, String> {
         let config = &self.shared.config;
-        let docker = &self.shared.docker;
         let name = format!("sandbox-{}-{}", t.sandbox, t.repository);
-        let network = format!("sandbox-{}", t.sandbox);
-        self.reporter
-            .narrate(START_CONTAINER, &format!("network {network}"))
-            .await;
-        docker
-            .ensure_network(&network, t.sandbox.as_str())
-            .await
-            .map_err(|e| e.to_string())?;
-        let files = config.data_dir.join("files").join(&name);
-        let mut mounts = environment::write_files(t.environment, &files)
-            .await
-            .map_err(|e| e.to_string())?;
-        mounts.insert(0, (t.worktree.to_owned(), SOURCE_MOUNT.to_owned()));
+        let source = (t.worktree.to_owned(), SOURCE_MOUNT.to_owned());
+        let (network, mounts) = self
+            .network_and_mounts(t.sandbox, t.environment, &name, source)
+            .await?;
         let binary = format!(
             "{SOURCE_MOUNT}/{}",
             GoBuild::output_name(t.repository.as_str())
@@ -494,14 +477,7 @@ impl Run<'_> {
                 ),
             )
             .await;
-        docker.run(&spec).await.map_err(|e| e.to_string())?;
-        if let Err(reason) = self.wait_ready(&name, t.port).await {
-            // A service that cannot start is not left restarting forever.
-            if let Err(e) = docker.remove_container(&name).await {
-                tracing::warn!(container = %name, error = %e, "cannot remove a failed container");
-            }
-            return Err(reason);
-        }
+        self.run_until_ready(&spec, t.port, "container").await?;
         self.reporter
             .narrate(
                 START_CONTAINER,
@@ -512,6 +488,52 @@ impl Run<'_> {
             )
             .await;
         Ok(name)
+    }
+
+    /// The sandbox's network, made if missing, and the container's mounts:
+    /// `source` first, then the environment's files.
+    pub(crate) async fn network_and_mounts(
+        &mut self,
+        sandbox: &SandboxName,
+        environment: &DeployEnvironment,
+        name: &str,
+        source: (PathBuf, String),
+    ) -> Result<(String, Vec<(PathBuf, String)>), String> {
+        let shared = self.shared;
+        let network = format!("sandbox-{sandbox}");
+        self.reporter
+            .narrate(START_CONTAINER, &format!("network {network}"))
+            .await;
+        shared
+            .docker
+            .ensure_network(&network, sandbox.as_str())
+            .await
+            .map_err(|e| e.to_string())?;
+        let files = shared.config.data_dir.join("files").join(name);
+        let mut mounts = environment::write_files(environment, &files)
+            .await
+            .map_err(|e| e.to_string())?;
+        mounts.insert(0, source);
+        Ok((network, mounts))
+    }
+
+    /// Runs `spec` and waits until it serves on `port`. One that cannot
+    /// start is removed rather than left restarting forever.
+    pub(crate) async fn run_until_ready(
+        &mut self,
+        spec: &ContainerSpec,
+        port: u16,
+        what: &str,
+    ) -> Result<(), String> {
+        let docker = &self.shared.docker;
+        docker.run(spec).await.map_err(|e| e.to_string())?;
+        if let Err(reason) = self.wait_ready(&spec.name, port).await {
+            if let Err(e) = docker.remove_container(&spec.name).await {
+                tracing::warn!(container = %spec.name, error = %e, "cannot remove a failed {what}");
+            }
+            return Err(reason);
+        }
+        Ok(())
     }
 
     /// Polls, with a short backoff, until the published port reaches the

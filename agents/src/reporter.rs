@@ -48,6 +48,36 @@ impl Reporter {
         self.emit(DeployStream::Event, encode(&event)).await;
     }
 
+    /// Ends the deployment as failed, naming the stage that was open, if any.
+    /// `reason` goes out as given: masking it is the caller's business.
+    pub async fn fail(&mut self, stage: Option<String>, reason: String) {
+        if let Some(stage) = stage {
+            self.event(EventKind::StageFailed {
+                stage,
+                reason: reason.clone(),
+            })
+            .await;
+        }
+        self.event(EventKind::State {
+            state: DeploymentState::Failed,
+            reason: Some(reason),
+            commit: None,
+            container: None,
+        })
+        .await;
+    }
+
+    /// Ends the deployment as running `commit` in `container`.
+    pub async fn running(&mut self, commit: String, container: String) {
+        self.event(EventKind::State {
+            state: DeploymentState::Running,
+            reason: None,
+            commit: Some(commit),
+            container: Some(container),
+        })
+        .await;
+    }
+
     /// Publishes one line of output, with secrets masked.
     pub async fn log(&mut self, stage: &str, stream: LogStream, line: &str) {
         self.seq += 1;
@@ -124,22 +154,7 @@ impl Reporter {
             Some(stage) => format!("the agent restarted during '{stage}'"),
             None => "the agent restarted before the deployment finished".to_owned(),
         };
-        if let Some(stage) = close {
-            reporter
-                .event(EventKind::StageFailed {
-                    stage,
-                    reason: reason.clone(),
-                })
-                .await;
-        }
-        reporter
-            .event(EventKind::State {
-                state: DeploymentState::Failed,
-                reason: Some(reason),
-                commit: None,
-                container: None,
-            })
-            .await;
+        reporter.fail(close, reason).await;
         Ok(true)
     }
 }

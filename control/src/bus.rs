@@ -10,6 +10,7 @@ use sdp_contract::subjects::{self, AgentOp};
 use sdp_contract::{AgentError, DecodeError, ErrorCode, Presence, Reply, SealError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
 
 use crate::nodes::NodeRegistry;
 
@@ -144,6 +145,19 @@ impl Bus {
             }
             other => other,
         }
+    }
+}
+
+/// The next message on `sub`: `None` once the subscription ends or
+/// `shutdown` fires, whichever comes first.
+pub(crate) async fn next_message(
+    sub: &mut async_nats::Subscriber,
+    shutdown: &CancellationToken,
+) -> Option<async_nats::Message> {
+    use futures::StreamExt;
+    tokio::select! {
+        _ = shutdown.cancelled() => None,
+        msg = sub.next() => msg,
     }
 }
 

@@ -15,12 +15,12 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use sdp_contract::subjects::{AgentOp, DeployStream, parse_deploy};
 use sdp_contract::{Ack, DeployEvent, EventKind, LogLine, ReplayRequest};
 use tokio_util::sync::CancellationToken;
 
 use crate::ControlPlane;
+use crate::bus::next_message;
 use crate::storage::SeqOutcome;
 
 /// How long a replay request is given before the same gap is asked for again.
@@ -86,14 +86,7 @@ impl GapTracker {
 }
 
 pub async fn run(mut sub: async_nats::Subscriber, cp: ControlPlane, shutdown: CancellationToken) {
-    loop {
-        let msg = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            msg = sub.next() => match msg {
-                Some(msg) => msg,
-                None => return,
-            },
-        };
+    while let Some(msg) = next_message(&mut sub, &shutdown).await {
         handle(&cp, &msg.subject, &msg.payload).await;
     }
 }

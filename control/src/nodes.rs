@@ -7,12 +7,12 @@ use std::sync::{Arc, RwLock};
 use axum::Json;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use sdp_contract::{NodeKind, Presence};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::ControlPlane;
+use crate::bus::next_message;
 use crate::sessions::CurrentSession;
 
 /// A node counts as connected while its last presence is this recent: three
@@ -95,14 +95,7 @@ pub async fn listen(
     registry: NodeRegistry,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let msg = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            msg = sub.next() => match msg {
-                Some(msg) => msg,
-                None => return,
-            },
-        };
+    while let Some(msg) = next_message(&mut sub, &shutdown).await {
         let Some(node) = node_of(&msg.subject) else {
             tracing::debug!(subject = %msg.subject, "ignoring presence on an unexpected subject");
             continue;

@@ -757,14 +757,8 @@ pub async fn sandbox_from_template(
     ApiJson(mut body): ApiJson<SandboxBody>,
 ) -> Result<Response, ApiError> {
     body.template = Some(Some(template.clone()));
-    let name = body.name.clone().unwrap_or_default();
-    let result = cp.create_sandbox(&session, &body).await;
-    let mut entry = audit_sandbox("sandbox_create", &name);
-    entry.environment = result.as_ref().ok().and_then(|s| s.environment.clone());
-    entry.detail = Some(format!("from template {}", clip(&template)));
-    cp.audit(session.username(), entry, &result).await;
-    let s = result?;
-    Ok(created(format!("/api/v1/sandboxes/{}", s.name), s))
+    let detail = format!("from template {}", clip(&template));
+    create_audited(&cp, &session, &body, Some(detail)).await
 }
 
 // ---------------------------------------------------------------- sandboxes
@@ -792,10 +786,22 @@ pub async fn create(
     CurrentSession(session): CurrentSession,
     ApiJson(body): ApiJson<SandboxBody>,
 ) -> Result<Response, ApiError> {
+    create_audited(&cp, &session, &body, None).await
+}
+
+/// Creating from scratch and from a template are audited alike; `detail`
+/// says where the sandbox came from when not from scratch.
+async fn create_audited(
+    cp: &ControlPlane,
+    session: &Session,
+    body: &SandboxBody,
+    detail: Option<String>,
+) -> Result<Response, ApiError> {
     let name = body.name.clone().unwrap_or_default();
-    let result = cp.create_sandbox(&session, &body).await;
+    let result = cp.create_sandbox(session, body).await;
     let mut entry = audit_sandbox("sandbox_create", &name);
     entry.environment = result.as_ref().ok().and_then(|s| s.environment.clone());
+    entry.detail = detail;
     cp.audit(session.username(), entry, &result).await;
     let s = result?;
     Ok(created(format!("/api/v1/sandboxes/{}", s.name), s))

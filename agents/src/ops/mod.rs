@@ -6,7 +6,7 @@ mod repositories;
 mod routes;
 mod services;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sdp_contract::subjects::{self, AgentOp, DeployStream};
@@ -88,7 +88,21 @@ async fn auth(shared: &Shared, payload: &[u8]) -> Result<AuthOutcome, AgentError
             config.node
         ))
     })?;
-    let git = Git::new(&config.git_program, path).with_credentials(&shared.askpass, &credentials);
+    ls_remote_heads(shared, path, &credentials).await?;
+    Ok(AuthOutcome {
+        user: credentials.username.clone(),
+    })
+}
+
+/// `git ls-remote --heads origin` in `dir` as the owner of `credentials`:
+/// its output lines, or Unauthorized when the remote rejects them.
+async fn ls_remote_heads(
+    shared: &Shared,
+    dir: &Path,
+    credentials: &Credentials,
+) -> Result<Vec<String>, AgentError> {
+    let config = &shared.config;
+    let git = Git::new(&config.git_program, dir).with_credentials(&shared.askpass, credentials);
     let done = git
         .spawn(["ls-remote", "--heads", "origin"], config.git_timeout)
         .map_err(|e| internal(e.to_string()))?
@@ -96,9 +110,7 @@ async fn auth(shared: &Shared, payload: &[u8]) -> Result<AuthOutcome, AgentError
         .await
         .map_err(|e| internal(e.to_string()))?;
     if done.success() {
-        return Ok(AuthOutcome {
-            user: credentials.username.clone(),
-        });
+        return Ok(done.stdout);
     }
     if git::is_auth_failure(&done.stderr) {
         return Err(AgentError::new(

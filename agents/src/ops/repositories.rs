@@ -1,14 +1,10 @@
 //! `repos` and `branches`: what this node serves, and the branches its
 //! remotes have now, asked with the user's own credentials.
 
-use sdp_contract::{
-    AgentError, BranchInfo, BranchesRequest, Credentials, ErrorCode, RepositoryInfo,
-};
+use sdp_contract::{AgentError, BranchInfo, BranchesRequest, Credentials, RepositoryInfo};
 
-use super::{body, configured, internal, open};
+use super::{body, configured, ls_remote_heads, open};
 use crate::agent::Shared;
-use crate::git::{self, Git};
-use crate::mask::mask_one;
 
 pub(super) fn list(shared: &Shared) -> Vec<RepositoryInfo> {
     let config = &shared.config;
@@ -31,27 +27,8 @@ pub(super) async fn branches(
     let request: BranchesRequest = body("branches", payload)?;
     let (_, clone) = configured(shared, &request.repository)?;
     let credentials: Credentials = open(shared, "credentials", &request.credentials)?;
-    let config = &shared.config;
-    let git = Git::new(&config.git_program, &clone).with_credentials(&shared.askpass, &credentials);
-    let done = git
-        .spawn(["ls-remote", "--heads", "origin"], config.git_timeout)
-        .map_err(|e| internal(e.to_string()))?
-        .collect(&shared.shutdown)
-        .await
-        .map_err(|e| internal(e.to_string()))?;
-    if !done.success() {
-        if git::is_auth_failure(&done.stderr) {
-            return Err(AgentError::new(
-                ErrorCode::Unauthorized,
-                "Bitbucket rejected the username or password",
-            ));
-        }
-        let line = git::error_line(&done.stderr)
-            .map(|l| mask_one(l, &credentials.password))
-            .unwrap_or_else(|| done.describe_status());
-        return Err(internal(format!("git ls-remote failed: {line}")));
-    }
-    Ok(parse_heads(&done.stdout))
+    let heads = ls_remote_heads(shared, &clone, &credentials).await?;
+    Ok(parse_heads(&heads))
 }
 
 /// `{commit}\trefs/heads/{name}` lines, sorted by name.

@@ -104,47 +104,36 @@ async fn report(shared: &Shared, deployment: Option<&str>, state: DeploymentStat
 }
 
 pub(super) async fn stop(shared: &Shared, payload: &[u8]) -> Result<ServiceOutcome, AgentError> {
-    let r = resolve(shared, "stop", payload).await?;
-    if !r.exists {
-        return Err(missing(&r.container, &shared.config.node));
-    }
-    shared
-        .docker
-        .stop(&r.container)
-        .await
-        .map_err(|e| internal(e.to_string()))?;
-    report(
-        shared,
-        r.deployment.as_deref(),
-        DeploymentState::Stopped,
-        "stopped",
-    )
-    .await;
-    Ok(ServiceOutcome {
-        state: state_of(shared, &r.container).await,
-        container: r.container,
-        network_removed: false,
-        worktree_removed: false,
-    })
+    stop_or_restart(shared, payload, false).await
 }
 
 pub(super) async fn restart(shared: &Shared, payload: &[u8]) -> Result<ServiceOutcome, AgentError> {
-    let r = resolve(shared, "restart", payload).await?;
+    stop_or_restart(shared, payload, true).await
+}
+
+/// Stop and restart differ only in what Docker is asked and which state the
+/// deployment is reported in.
+async fn stop_or_restart(
+    shared: &Shared,
+    payload: &[u8],
+    restart: bool,
+) -> Result<ServiceOutcome, AgentError> {
+    let (op, state, said) = if restart {
+        ("restart", DeploymentState::Running, "restarted")
+    } else {
+        ("stop", DeploymentState::Stopped, "stopped")
+    };
+    let r = resolve(shared, op, payload).await?;
     if !r.exists {
         return Err(missing(&r.container, &shared.config.node));
     }
-    shared
-        .docker
-        .restart(&r.container)
-        .await
-        .map_err(|e| internal(e.to_string()))?;
-    report(
-        shared,
-        r.deployment.as_deref(),
-        DeploymentState::Running,
-        "restarted",
-    )
-    .await;
+    let done = if restart {
+        shared.docker.restart(&r.container).await
+    } else {
+        shared.docker.stop(&r.container).await
+    };
+    done.map_err(|e| internal(e.to_string()))?;
+    report(shared, r.deployment.as_deref(), state, said).await;
     Ok(ServiceOutcome {
         state: state_of(shared, &r.container).await,
         container: r.container,

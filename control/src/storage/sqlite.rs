@@ -297,10 +297,7 @@ impl Storage for SqliteStore {
 
     async fn delete_deployment(&self, id: &str) -> StoreResult<bool> {
         let mut tx = self.write_tx().await?;
-        sqlx::query("DELETE FROM deployment_stages WHERE deployment_id = ?")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        delete_where(&mut tx, "deployment_stages", "deployment_id", id).await?;
         let done = sqlx::query("DELETE FROM deployments WHERE id = ?")
             .bind(id)
             .execute(&mut *tx)
@@ -338,16 +335,10 @@ impl Storage for SqliteStore {
     // ------------------------------------------------------------ environments
 
     async fn environments(&self) -> StoreResult<Vec<EnvironmentRecord>> {
-        let names: Vec<String> = sqlx::query_scalar("SELECT name FROM environments ORDER BY name")
-            .fetch_all(&self.pool)
-            .await?;
-        let mut out = Vec::with_capacity(names.len());
-        for name in names {
-            if let Some(e) = self.environment(&name).await? {
-                out.push(e);
-            }
-        }
-        Ok(out)
+        load_each(&self.pool, "environments", |name| async move {
+            self.environment(&name).await
+        })
+        .await
     }
 
     async fn environment(&self, name: &str) -> StoreResult<Option<EnvironmentRecord>> {
@@ -369,12 +360,7 @@ impl Storage for SqliteStore {
 
     async fn create_environment(&self, env: &EnvironmentRecord) -> StoreResult<()> {
         let mut tx = self.write_tx().await?;
-        if exists(&mut tx, "environments", &env.name).await? {
-            return Err(StoreError::Conflict(format!(
-                "environment {:?} already exists",
-                env.name
-            )));
-        }
+        refuse_existing(&mut tx, "environments", "environment", &env.name).await?;
         sqlx::query("INSERT INTO environments (name, created_at, updated_at) VALUES (?, ?, ?)")
             .bind(&env.name)
             .bind(ts(env.created_at))
@@ -403,9 +389,7 @@ impl Storage for SqliteStore {
 
     async fn delete_environment(&self, name: &str) -> StoreResult<()> {
         let mut tx = self.write_tx().await?;
-        if !exists(&mut tx, "environments", name).await? {
-            return Err(not_found("environment", name));
-        }
+        require(&mut tx, "environments", "environment", name).await?;
         let users: Vec<String> = sqlx::query_scalar(
             "SELECT 'template ' || name FROM templates WHERE environment = ? \
              UNION ALL SELECT 'sandbox ' || name FROM sandboxes WHERE environment = ?",
@@ -421,10 +405,7 @@ impl Storage for SqliteStore {
             )));
         }
         delete_layer(&mut tx, OWNER_ENVIRONMENT, name).await?;
-        sqlx::query("DELETE FROM environments WHERE name = ?")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
+        delete_where(&mut tx, "environments", "name", name).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -432,16 +413,10 @@ impl Storage for SqliteStore {
     // ------------------------------------------------------------ templates
 
     async fn templates(&self) -> StoreResult<Vec<TemplateRecord>> {
-        let names: Vec<String> = sqlx::query_scalar("SELECT name FROM templates ORDER BY name")
-            .fetch_all(&self.pool)
-            .await?;
-        let mut out = Vec::with_capacity(names.len());
-        for name in names {
-            if let Some(t) = self.template(&name).await? {
-                out.push(t);
-            }
-        }
-        Ok(out)
+        load_each(&self.pool, "templates", |name| async move {
+            self.template(&name).await
+        })
+        .await
     }
 
     async fn template(&self, name: &str) -> StoreResult<Option<TemplateRecord>> {
@@ -479,12 +454,7 @@ impl Storage for SqliteStore {
 
     async fn create_template(&self, t: &TemplateRecord) -> StoreResult<()> {
         let mut tx = self.write_tx().await?;
-        if exists(&mut tx, "templates", &t.name).await? {
-            return Err(StoreError::Conflict(format!(
-                "template {:?} already exists",
-                t.name
-            )));
-        }
+        refuse_existing(&mut tx, "templates", "template", &t.name).await?;
         check_environment(&mut tx, t.environment.as_deref()).await?;
         sqlx::query(
             "INSERT INTO templates (name, environment, gateway_branch, created_at, updated_at) \
@@ -519,10 +489,7 @@ impl Storage for SqliteStore {
         if done.rows_affected() == 0 {
             return Err(not_found("template", &t.name));
         }
-        sqlx::query("DELETE FROM template_services WHERE template = ?")
-            .bind(&t.name)
-            .execute(&mut *tx)
-            .await?;
+        delete_where(&mut tx, "template_services", "template", &t.name).await?;
         write_template_services(&mut tx, t).await?;
         write_layer(&mut tx, OWNER_TEMPLATE, &t.name, &t.layer).await?;
         tx.commit().await?;
@@ -531,9 +498,7 @@ impl Storage for SqliteStore {
 
     async fn delete_template(&self, name: &str) -> StoreResult<()> {
         let mut tx = self.write_tx().await?;
-        if !exists(&mut tx, "templates", name).await? {
-            return Err(not_found("template", name));
-        }
+        require(&mut tx, "templates", "template", name).await?;
         let users: Vec<String> =
             sqlx::query_scalar("SELECT name FROM sandboxes WHERE template = ? ORDER BY name")
                 .bind(name)
@@ -546,14 +511,8 @@ impl Storage for SqliteStore {
             )));
         }
         delete_layer(&mut tx, OWNER_TEMPLATE, name).await?;
-        sqlx::query("DELETE FROM template_services WHERE template = ?")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM templates WHERE name = ?")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
+        delete_where(&mut tx, "template_services", "template", name).await?;
+        delete_where(&mut tx, "templates", "name", name).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -561,16 +520,10 @@ impl Storage for SqliteStore {
     // ------------------------------------------------------------ sandboxes
 
     async fn sandboxes(&self) -> StoreResult<Vec<SandboxRecord>> {
-        let names: Vec<String> = sqlx::query_scalar("SELECT name FROM sandboxes ORDER BY name")
-            .fetch_all(&self.pool)
-            .await?;
-        let mut out = Vec::with_capacity(names.len());
-        for name in names {
-            if let Some(s) = self.sandbox(&name).await? {
-                out.push(s);
-            }
-        }
-        Ok(out)
+        load_each(&self.pool, "sandboxes", |name| async move {
+            self.sandbox(&name).await
+        })
+        .await
     }
 
     async fn sandbox(&self, name: &str) -> StoreResult<Option<SandboxRecord>> {
@@ -584,12 +537,7 @@ impl Storage for SqliteStore {
         ranges: &PortRanges,
     ) -> StoreResult<SandboxRecord> {
         let mut tx = self.write_tx().await?;
-        if exists(&mut tx, "sandboxes", &spec.name).await? {
-            return Err(StoreError::Conflict(format!(
-                "sandbox {:?} already exists",
-                spec.name
-            )));
-        }
+        refuse_existing(&mut tx, "sandboxes", "sandbox", &spec.name).await?;
         check_environment(&mut tx, spec.environment.as_deref()).await?;
         check_template(&mut tx, spec.template.as_deref()).await?;
         let now = ts(Utc::now());
@@ -646,22 +594,11 @@ impl Storage for SqliteStore {
 
     async fn delete_sandbox(&self, name: &str) -> StoreResult<()> {
         let mut tx = self.write_tx().await?;
-        if !exists(&mut tx, "sandboxes", name).await? {
-            return Err(not_found("sandbox", name));
-        }
-        sqlx::query("DELETE FROM port_allocations WHERE sandbox = ?")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM sandbox_services WHERE sandbox = ?")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
+        require(&mut tx, "sandboxes", "sandbox", name).await?;
+        delete_where(&mut tx, "port_allocations", "sandbox", name).await?;
+        delete_where(&mut tx, "sandbox_services", "sandbox", name).await?;
         delete_layer(&mut tx, OWNER_SANDBOX, name).await?;
-        sqlx::query("DELETE FROM sandboxes WHERE name = ?")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
+        delete_where(&mut tx, "sandboxes", "name", name).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -673,9 +610,7 @@ impl Storage for SqliteStore {
         mode: RouteMode,
     ) -> StoreResult<()> {
         let mut tx = self.write_tx().await?;
-        if !exists(&mut tx, "sandboxes", sandbox).await? {
-            return Err(not_found("sandbox", sandbox));
-        }
+        require(&mut tx, "sandboxes", "sandbox", sandbox).await?;
         sqlx::query(
             "INSERT INTO sandbox_services (sandbox, service, branch, route_mode) \
              VALUES (?, ?, NULL, ?) ON CONFLICT (sandbox, service) DO UPDATE SET \
@@ -791,18 +726,82 @@ async fn exists(conn: &mut SqliteConnection, table: &str, name: &str) -> StoreRe
     Ok(n > 0)
 }
 
+/// A `what` named `name` is in `table`, or the call fails as not found.
+async fn require(
+    conn: &mut SqliteConnection,
+    table: &str,
+    what: &str,
+    name: &str,
+) -> StoreResult<()> {
+    if exists(conn, table, name).await? {
+        Ok(())
+    } else {
+        Err(not_found(what, name))
+    }
+}
+
+/// No `what` named `name` is in `table` yet, or the call fails as a conflict.
+async fn refuse_existing(
+    conn: &mut SqliteConnection,
+    table: &str,
+    what: &str,
+    name: &str,
+) -> StoreResult<()> {
+    if exists(conn, table, name).await? {
+        Err(StoreError::Conflict(format!(
+            "{what} {name:?} already exists"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
 async fn check_environment(conn: &mut SqliteConnection, name: Option<&str>) -> StoreResult<()> {
     match name {
-        Some(n) if !exists(conn, "environments", n).await? => Err(not_found("environment", n)),
-        _ => Ok(()),
+        Some(n) => require(conn, "environments", "environment", n).await,
+        None => Ok(()),
     }
 }
 
 async fn check_template(conn: &mut SqliteConnection, name: Option<&str>) -> StoreResult<()> {
     match name {
-        Some(n) if !exists(conn, "templates", n).await? => Err(not_found("template", n)),
-        _ => Ok(()),
+        Some(n) => require(conn, "templates", "template", n).await,
+        None => Ok(()),
     }
+}
+
+/// Deletes the rows of `table` whose `column` is `key`. Table and column are
+/// always ours, never caller input, so formatting them in is safe.
+async fn delete_where(
+    conn: &mut SqliteConnection,
+    table: &str,
+    column: &str,
+    key: &str,
+) -> StoreResult<()> {
+    sqlx::query(&format!("DELETE FROM {table} WHERE {column} = ?"))
+        .bind(key)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Every record of `table`, by name. Each is loaded on its own, so one
+/// deleted between the listing and its load is skipped rather than failing.
+async fn load_each<T, F, Fut>(pool: &SqlitePool, table: &str, load: F) -> StoreResult<Vec<T>>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = StoreResult<Option<T>>>,
+{
+    let names: Vec<String> = sqlx::query_scalar(&format!("SELECT name FROM {table} ORDER BY name"))
+        .fetch_all(pool)
+        .await?;
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        if let Some(record) = load(name).await? {
+            out.push(record);
+        }
+    }
+    Ok(out)
 }
 
 fn source_of(branch: Option<String>) -> ServiceSource {
@@ -1001,10 +1000,7 @@ async fn write_sandbox_parts(
             .fetch_all(&mut *conn)
             .await?;
     let old_modes: BTreeMap<String, String> = old_modes.into_iter().collect();
-    sqlx::query("DELETE FROM sandbox_services WHERE sandbox = ?")
-        .bind(&spec.name)
-        .execute(&mut *conn)
-        .await?;
+    delete_where(conn, "sandbox_services", "sandbox", &spec.name).await?;
     // Ports of services that left the sandbox, or moved to OCP, are released.
     let held: Vec<String> = sqlx::query_scalar(
         "SELECT service FROM port_allocations WHERE sandbox = ? AND node_kind = ?",
