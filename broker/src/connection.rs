@@ -145,6 +145,7 @@ impl Outbound {
     /// client is closing (or just became a slow consumer), else whether the
     /// buffer was empty, i.e. whether the writer must be woken: the caller
     /// does that once per batch (see `Connection::wake_writers`).
+    #[allow(clippy::too_many_arguments)]
     fn send_msg(
         &self,
         shared: &Shared,
@@ -153,6 +154,7 @@ impl Outbound {
         reply: Option<&[u8]>,
         headers: Option<&[u8]>,
         payload: &[u8],
+        count: bool,
     ) -> Option<bool> {
         let hlen = headers.map_or(0, <[u8]>::len);
         let len =
@@ -169,8 +171,10 @@ impl Outbound {
         }
         let was_empty = out.buf.is_empty();
         format_message(&mut out.buf, subject, sid, reply, headers, payload);
-        out.msgs += 1;
-        out.bytes += (hlen + payload.len()) as u64;
+        if count {
+            out.msgs += 1;
+            out.bytes += (hlen + payload.len()) as u64;
+        }
         let stall = out.buf.len() + self.in_flight.load(Ordering::Relaxed) > self.stall_threshold();
         drop(out);
         if stall {
@@ -289,7 +293,7 @@ fn deliver(
     // Clients that did not declare headers get the payload alone.
     let headers = headers.filter(|_| with_headers);
     sub.client
-        .send_msg(shared, subject, &sub.sid, reply, headers, payload)
+        .send_msg(shared, subject, &sub.sid, reply, headers, payload, true)
 }
 
 /// Frames for one receiver gathered during a publisher's read batch.
@@ -1157,13 +1161,16 @@ impl Connection {
             .chain(result.qsubs.iter().flat_map(|g| g.members.iter()))
             .find(|s| s.client.cid == self.cid);
         if let Some(sub) = sub {
-            if deliver(
+            // Like nats-server, the status message is not counted as a
+            // delivery.
+            if sub.client.send_msg(
                 &self.shared,
-                sub,
                 reply,
+                &sub.sid,
                 None,
                 Some(NO_RESPONDERS_HEADER),
                 b"",
+                false,
             ) == Some(true)
             {
                 sub.client.notify.notify_one();

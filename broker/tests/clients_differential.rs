@@ -25,6 +25,20 @@ fn url(addr: SocketAddr) -> String {
     format!("nats://{addr}")
 }
 
+/// Returns once the server processed everything `client` sent before:
+/// `flush` only drains the client's buffer (and async-nats may queue a SUB
+/// behind it), while a request nobody serves is answered by the server in
+/// order (no-responders).
+async fn settle(client: &async_nats::Client) {
+    let r = tokio::time::timeout(WAIT, client.request("settle.nobody", Bytes::new()))
+        .await
+        .expect("answer in time");
+    assert!(
+        matches!(&r, Err(e) if e.kind() == RequestErrorKind::NoResponders),
+        "no responders expected"
+    );
+}
+
 async fn next(sub: &mut async_nats::Subscriber) -> async_nats::Message {
     tokio::time::timeout(WAIT, sub.next())
         .await
@@ -43,7 +57,7 @@ async fn async_nats_session(client: async_nats::Client) -> Vec<String> {
 
     let mut wild = client.subscribe("d.*").await.expect("sub");
     let mut deep = client.subscribe("d.>").await.expect("sub");
-    client.flush().await.expect("flush");
+    settle(&client).await;
     for s in ["d.a", "d.b.c", "d.e"] {
         client.publish(s, Bytes::from(s)).await.expect("pub");
     }
@@ -59,7 +73,7 @@ async fn async_nats_session(client: async_nats::Client) -> Vec<String> {
 
     // Headers.
     let mut h = client.subscribe("hdr").await.expect("sub");
-    client.flush().await.expect("flush");
+    settle(&client).await;
     let mut headers = HeaderMap::new();
     headers.insert("X-One", "1");
     headers.append("X-Many", "a");
@@ -93,7 +107,7 @@ async fn async_nats_session(client: async_nats::Client) -> Vec<String> {
             }
         })
     };
-    client.flush().await.expect("flush");
+    settle(&client).await;
     let r = tokio::time::timeout(WAIT, client.request("svc.echo", Bytes::from_static(b"hi")))
         .await
         .expect("reply in time")
@@ -120,7 +134,7 @@ async fn async_nats_session(client: async_nats::Client) -> Vec<String> {
         .queue_subscribe("work", "g".into())
         .await
         .expect("sub");
-    client.flush().await.expect("flush");
+    settle(&client).await;
     for i in 0..20 {
         client
             .publish("work", Bytes::from(format!("{i}")))
@@ -153,7 +167,7 @@ async fn async_nats_session(client: async_nats::Client) -> Vec<String> {
     // Auto-unsubscribe after 2.
     let mut limited = client.subscribe("lim").await.expect("sub");
     limited.unsubscribe_after(2).await.expect("unsub after");
-    client.flush().await.expect("flush");
+    settle(&client).await;
     for i in 0..4 {
         client
             .publish("lim", Bytes::from(format!("{i}")))
@@ -169,7 +183,7 @@ async fn async_nats_session(client: async_nats::Client) -> Vec<String> {
 
     // Large payload, at the limit.
     let mut big = client.subscribe("big").await.expect("sub");
-    client.flush().await.expect("flush");
+    settle(&client).await;
     let body = Bytes::from(vec![7u8; 1024 * 1024 - 100]);
     client.publish("big", body.clone()).await.expect("pub");
     let m = next(&mut big).await;
@@ -540,7 +554,7 @@ async fn monitoring_agrees() {
         let b = async_nats::connect(url(addr)).await.expect("connect");
         let mut s1 = b.subscribe("m.*").await.expect("sub");
         let _s2 = b.subscribe("other").await.expect("sub");
-        b.flush().await.expect("flush");
+        settle(&b).await;
         for i in 0..5 {
             a.publish(format!("m.{i}"), Bytes::from_static(b"12345"))
                 .await
@@ -550,8 +564,16 @@ async fn monitoring_agrees() {
             .await
             .expect("pub");
         a.flush().await.expect("flush");
-        for _ in 0..5 {
-            next(&mut s1).await;
+        for i in 0..5 {
+            tokio::time::timeout(WAIT, s1.next())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "message {i} from {addr} in time (embedded is {})",
+                        pair.embedded.addr()
+                    )
+                })
+                .expect("subscription open");
         }
         let (hs, health) = http_get(http, "/healthz").await;
         let (vs, varz) = http_get(http, "/varz").await;
