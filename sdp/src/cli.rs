@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 /// SDP, the Sandbox Deployment Platform: deploy feature branches of Go
 /// services and of the PHP API gateway into isolated sandboxes on company VMs.
 #[derive(Debug, Parser)]
-#[command(name = "sdp", version, propagate_version = true)]
+#[command(name = "sdp", version)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -22,7 +22,9 @@ pub enum Command {
     /// Run an agent (micro, gateway or infra, as its config says) on a VM:
     /// it runs git, go build and Docker for the control plane.
     Agent(AgentArgs),
-    /// Run the NATS-compatible broker alone.
+    /// Run the NATS-compatible broker alone. Takes nats-server's common
+    /// flags (-a, -p with -1 for a random port, -m, --user/--pass, --auth,
+    /// -l, -P, --tls/--tlscert/--tlskey) and logs like nats-server.
     Broker(BrokerArgs),
     /// Everything in one process against the local Docker engine, with demo
     /// repositories and a demo Bitbucket login: a first look at SDP.
@@ -51,19 +53,12 @@ pub struct AgentArgs {
     pub config: Option<PathBuf>,
 }
 
+/// nats-server's own flags, so scripts and test harnesses written for
+/// nats-server start `sdp broker` unchanged.
 #[derive(Debug, Args)]
 pub struct BrokerArgs {
-    /// Address to listen on for client connections.
-    #[arg(short = 'a', long = "addr", default_value = "0.0.0.0")]
-    pub addr: String,
-    /// Port to listen on (-1 for a random port).
-    #[arg(
-        short = 'p',
-        long = "port",
-        default_value_t = 4222,
-        allow_hyphen_values = true
-    )]
-    pub port: i32,
+    #[command(flatten)]
+    pub flags: sdp_broker::flags::BrokerFlags,
 }
 
 #[derive(Debug, Args)]
@@ -96,7 +91,7 @@ mod tests {
     fn broker_accepts_nats_server_style_random_port() {
         let cli = Cli::parse_from(["sdp", "broker", "-a", "127.0.0.1", "-p", "-1"]);
         match cli.command {
-            Command::Broker(b) => assert_eq!(b.port, -1),
+            Command::Broker(b) => assert_eq!(b.flags.resolve().unwrap().listen.port(), 0),
             other => panic!("{other:?}"),
         }
     }

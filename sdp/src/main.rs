@@ -12,7 +12,16 @@ use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let command = match Cli::parse().command {
+        Command::Broker(args) => {
+            // The broker alone logs like nats-server, to the -l file or stderr.
+            let resolved = args.flags.resolve()?;
+            let _log = resolved.init_logging()?;
+            sdp_broker::flags::run(resolved, shutdown_on_ctrl_c()).await?;
+            return Ok(());
+        }
+        other => other,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("SDP_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
@@ -20,26 +29,11 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
 
-    let shutdown = CancellationToken::new();
-    tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            let _ = tokio::signal::ctrl_c().await;
-            shutdown.cancel();
-        }
-    });
+    let shutdown = shutdown_on_ctrl_c();
 
-    match cli.command {
+    match command {
         Command::Dev(args) => dev::run(args, shutdown).await,
-        Command::Broker(args) => {
-            let port = if args.port < 0 { 0 } else { args.port as u16 };
-            let listener = TcpListener::bind((args.addr.as_str(), port))
-                .await
-                .with_context(|| format!("listening on {}:{}", args.addr, port))?;
-            let broker = stack::start_broker(listener, shutdown).await?;
-            broker.stopped().await;
-            Ok(())
-        }
+        Command::Broker(_) => Ok(()),
         Command::Server(args) => {
             let file = config::load(args.config.as_deref())?;
             let mut server = file.server;
@@ -80,6 +74,29 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// A token cancelled by Ctrl-C or SIGTERM: every part drains and stops.
+fn shutdown_on_ctrl_c() -> CancellationToken {
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            if let Ok(mut term) = signal(SignalKind::terminate()) {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                token.cancel();
+                return;
+            }
+        }
+        let _ = tokio::signal::ctrl_c().await;
+        token.cancel();
+    });
+    shutdown
 }
 
 async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
