@@ -29,13 +29,30 @@ pub async fn start_broker(
 /// keeps reconnecting for as long as the process runs: the bus coming back
 /// must not need a restart of SDP.
 pub async fn connect(urls: &str, name: &str) -> anyhow::Result<async_nats::Client> {
+    let servers = server_list(urls)?;
     async_nats::ConnectOptions::new()
         .name(name)
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
-        .connect(urls)
+        .connect(servers)
         .await
         .with_context(|| format!("connecting to NATS at {urls}"))
+}
+
+/// Splits `nats://a:4222, nats://b:4222` into addresses. async-nats reads a
+/// `&str` as exactly one address, so a cluster list must be split here.
+pub fn server_list(urls: &str) -> anyhow::Result<Vec<async_nats::ServerAddr>> {
+    let servers = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.parse::<async_nats::ServerAddr>()
+                .with_context(|| format!("invalid NATS server URL {u:?}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    anyhow::ensure!(!servers.is_empty(), "no NATS server URL given");
+    Ok(servers)
 }
 
 /// The control plane's HTTP side: JSON API plus dashboard. The dashboard
@@ -154,5 +171,18 @@ impl Stack {
         if let Some(broker) = self.broker {
             broker.stopped().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regression_comma_separated_nats_urls_are_split() {
+        let servers = server_list("nats://127.0.0.1:4222, nats://127.0.0.1:4223,").unwrap();
+        assert_eq!(servers.len(), 2);
+        assert!(server_list("").is_err());
+        assert!(server_list("nats://host:notaport").is_err());
     }
 }

@@ -71,7 +71,14 @@ pub fn free_port_block(n: u16) -> (u16, u16) {
 
 impl Bed {
     pub async fn start(options: Options) -> Bed {
-        Self::start_with(options, false).await
+        Self::start_with(options, false, None).await
+    }
+
+    /// The same bed on external NATS servers instead of the embedded broker:
+    /// the scale-out setting. `urls` goes to `sdp::stack::connect` as is
+    /// (today one URL: it does not split a comma-separated list yet).
+    pub async fn start_on_nats(options: Options, urls: &str) -> Bed {
+        Self::start_with(options, false, Some(urls.to_owned())).await
     }
 
     /// A bed set up for sandbox gateways that route to sandbox services, as
@@ -81,10 +88,10 @@ impl Bed {
     /// the control plane hands out ports from a block free on this machine,
     /// so tests running side by side do not collide.
     pub async fn start_routing() -> Bed {
-        Self::start_with(Options::default(), true).await
+        Self::start_with(Options::default(), true, None).await
     }
 
-    async fn start_with(options: Options, routing: bool) -> Bed {
+    async fn start_with(options: Options, routing: bool, nats_url: Option<String>) -> Bed {
         trace_log();
         sdp_testbed::ensure_docker().await.expect("docker engine");
         let runtime_image = sdp_testbed::runtime_image().await.expect("runtime image");
@@ -155,8 +162,11 @@ impl Bed {
         let stack = Stack::start(
             StackConfig {
                 http: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-                broker: Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
-                nats_url: None,
+                broker: match nats_url {
+                    Some(_) => None,
+                    None => Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+                },
+                nats_url,
                 control,
                 agents,
             },
@@ -367,4 +377,44 @@ pub fn files_containing(root: &Path, needle: &[u8]) -> Vec<PathBuf> {
         }
     }
     hits
+}
+
+/// The micro and gateway agents configured as [`Bed::start`] configures
+/// them (runtime image, publishing on loopback, no gateway image), for tests
+/// that compose broker, control plane and agents by hand: data under
+/// `root/agents`, worktrees under `root`, git and go through recording
+/// wrappers in `root/bin` that append to `root/argv.log`.
+pub fn agent_configs(
+    root: &Path,
+    demo: &Demo,
+    runtime_image: String,
+) -> (AgentConfig, AgentConfig) {
+    let argv_log = root.join("argv.log");
+    let bin = root.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let git = recording_wrapper(&bin, "git", &argv_log);
+    let go = recording_wrapper(&bin, "go", &argv_log);
+
+    let mut micro = AgentConfig::new(NodeKind::Micro, root.join("agents/micro"));
+    micro.repositories = demo.services.clone();
+    micro.work_root = root.join("worktrees");
+    micro.runtime_image = runtime_image;
+    micro.publish_host = "127.0.0.1".into();
+    micro.git_program = git.clone();
+    micro.go_program = go;
+    micro.build_env.insert(
+        "GOCACHE".into(),
+        std::env::temp_dir()
+            .join("sdp-test-gocache")
+            .display()
+            .to_string(),
+    );
+    micro.heartbeat_interval = Duration::from_secs(1);
+
+    let mut gateway = AgentConfig::new(NodeKind::Gateway, root.join("agents/gateway"));
+    gateway.repositories = [("erangel".to_owned(), demo.gateway.clone())].into();
+    gateway.work_root = root.join("gateway-worktrees");
+    gateway.git_program = git;
+    gateway.heartbeat_interval = Duration::from_secs(1);
+    (micro, gateway)
 }

@@ -1,0 +1,384 @@
+//! The scale-out setting: control plane and agents on external NATS servers
+//! (Debian's `nats-server` 2.9.10) instead of the embedded broker — one
+//! server, and a three-node cluster that loses a node mid-deploy.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{Bed, Options, free_port};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const NATS_SERVER: &str = "/usr/sbin/nats-server";
+
+/// One running `nats-server`, killed when dropped.
+struct NatsServer {
+    child: Child,
+    client_port: u16,
+    monitor_port: u16,
+}
+
+impl NatsServer {
+    /// Starts `nats-server` with `args` (plus a monitoring port) and waits
+    /// until it logs its client port and readiness.
+    async fn start(args: &[String]) -> NatsServer {
+        let monitor_port = free_port();
+        let mut child = Command::new(NATS_SERVER)
+            .args(args)
+            .args(["-m", &monitor_port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting /usr/sbin/nats-server");
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        let mut client_port = None;
+        let mut seen = String::new();
+        let ready = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                seen.push_str(&line);
+                seen.push('\n');
+                if let Some((_, addr)) = line.split_once("Listening for client connections on ") {
+                    let port = addr.trim().rsplit(':').next().unwrap();
+                    client_port = Some(port.parse::<u16>().expect("client port"));
+                }
+                if line.contains("Server is ready") {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert!(
+            matches!(ready, Ok(true)),
+            "nats-server never got ready:\n{seen}"
+        );
+        // Keep draining its log so the pipe never fills and blocks it.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        NatsServer {
+            child,
+            client_port: client_port.unwrap_or_else(|| panic!("no client port in:\n{seen}")),
+            monitor_port,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.client_port)
+    }
+
+    /// `GET /{what}` on the monitoring port (`connz`, `routez`, ...).
+    async fn monitor(&self, what: &str) -> Value {
+        reqwest::get(format!("http://127.0.0.1:{}/{what}", self.monitor_port))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Names of the client connections this server holds.
+    async fn client_names(&self) -> Vec<String> {
+        let connz = self.monitor("connz").await;
+        connz["connections"]
+            .as_array()
+            .map(|c| {
+                c.iter()
+                    .filter_map(|c| c["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+fn stage_pairs(d: &Value) -> Vec<(String, String)> {
+    d["stages"]
+        .as_array()
+        .map(|s| {
+            s.iter()
+                .map(|s| {
+                    (
+                        s["name"].as_str().unwrap_or_default().to_owned(),
+                        s["status"].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+const MICRO_STAGES: [&str; 5] = [
+    "git fetch",
+    "git checkout",
+    "git pull",
+    "go build",
+    "start container",
+];
+
+async fn assert_answers_with_branch(bed: &Bed, port: u16, branch: &str) {
+    let body: Value = bed
+        .http
+        .get(format!("http://127.0.0.1:{port}/hello"))
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["service"], "account", "{body}");
+    assert_eq!(body["branch"], branch, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn walking_skeleton_deploy_over_debian_nats_server() {
+    let nats =
+        NatsServer::start(&["-a".into(), "127.0.0.1".into(), "-p".into(), "-1".into()]).await;
+    let bed = Bed::start_on_nats(Options::default(), &nats.url()).await;
+    assert_eq!(bed.stack.nats_url, nats.url());
+    // Control plane and both agents really are on nats-server.
+    let names = nats.client_names().await;
+    for name in ["sdp-control", "sdp-agent-micro", "sdp-agent-gateway"] {
+        assert!(names.iter().any(|n| n == name), "{name} not in {names:?}");
+    }
+
+    bed.login_ok().await;
+    let port = free_port();
+    let (status, d) = bed
+        .deploy(json!({"sandbox": bed.sandbox, "repository": "account",
+                       "branch": "feature/login-error", "port": port}))
+        .await;
+    assert_eq!(status, 201, "{d}");
+    let id = d["id"].as_str().unwrap().to_owned();
+    let d = bed.wait_final(&id).await;
+    let logs = bed.logs(&id).await;
+    assert_eq!(d["state"], "RUNNING", "{d}\n{logs}");
+    assert_eq!(d["port"], port);
+    let expected: Vec<_> = MICRO_STAGES
+        .iter()
+        .map(|s| (s.to_string(), "completed".to_owned()))
+        .collect();
+    assert_eq!(stage_pairs(&d), expected, "{d}");
+    for stage in MICRO_STAGES {
+        assert!(
+            logs.contains(&format!("[{stage}]")),
+            "no [{stage}] lines in:\n{logs}"
+        );
+    }
+    assert_answers_with_branch(&bed, port, "feature/login-error").await;
+    bed.stop().await;
+    nats.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_survives_a_cluster_node_killed_mid_deploy() {
+    let cluster_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut nodes = Vec::new();
+    for (i, cport) in cluster_ports.iter().enumerate() {
+        let routes: Vec<String> = cluster_ports
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, p)| format!("nats://127.0.0.1:{p}"))
+            .collect();
+        let args: Vec<String> = [
+            "-a",
+            "127.0.0.1",
+            "-p",
+            "-1",
+            "-n",
+            &format!("sdp-{i}"),
+            "--cluster_name",
+            "sdp",
+            "--cluster",
+            &format!("nats://127.0.0.1:{cport}"),
+            "--routes",
+            &routes.join(","),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        nodes.push(NatsServer::start(&args).await);
+    }
+    // The cluster is formed: every node routes to the two others.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for node in &nodes {
+        loop {
+            let routez = node.monitor("routez").await;
+            if routez["num_routes"].as_u64() >= Some(2) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "cluster never formed: {routez}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    // Every component is given node 0 alone and learns the two others from
+    // the cluster's gossip (`connect_urls` in INFO), so the node killed
+    // below carries all the traffic. (A comma-separated list of all three
+    // is what operators would write, but `sdp::stack::connect` cannot take
+    // one yet: see `comma_separated_url_list_reaches_the_cluster`.)
+    let victim = 0;
+    let bed = Bed::start_on_nats(Options::default(), &nodes[victim].url()).await;
+    let names = nodes[victim].client_names().await;
+    for name in ["sdp-control", "sdp-agent-micro", "sdp-agent-gateway"] {
+        assert!(
+            names.iter().any(|n| n == name),
+            "{name} not on node {victim}: {names:?}"
+        );
+    }
+
+    bed.login_ok().await;
+    let port = free_port();
+    let (status, d) = bed
+        .deploy(json!({"sandbox": bed.sandbox, "repository": "account",
+                       "branch": "feature/login-error", "port": port}))
+        .await;
+    assert_eq!(status, 201, "{d}");
+    let id = d["id"].as_str().unwrap().to_owned();
+
+    // Wait for `go build` to start, then SIGKILL the micro agent's node.
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let killed_during = loop {
+        let d: Value = bed
+            .http
+            .get(bed.url(&format!("/deployments/{id}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let stages = stage_pairs(&d);
+        let running = stages
+            .iter()
+            .find(|(_, status)| status == "running")
+            .map(|(name, _)| name.clone());
+        if let Some(stage) = running
+            && (stage == "go build" || stage == "start container")
+        {
+            break stage;
+        }
+        assert_eq!(d["state"], "QUEUED", "finished before the kill: {d}");
+        assert!(Instant::now() < deadline, "go build never started: {d}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let node = nodes.remove(victim);
+    node.kill().await;
+    eprintln!("killed node {victim} during {killed_during}");
+
+    let d = bed.wait_final(&id).await;
+    let logs = bed.logs(&id).await;
+    assert_eq!(d["state"], "RUNNING", "{d}\n{logs}");
+    let expected: Vec<_> = MICRO_STAGES
+        .iter()
+        .map(|s| (s.to_string(), "completed".to_owned()))
+        .collect();
+    assert_eq!(stage_pairs(&d), expected, "{d}\n{logs}");
+    // The survivors now carry the micro agent.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut on = false;
+        for node in &nodes {
+            on |= node
+                .client_names()
+                .await
+                .iter()
+                .any(|n| n == "sdp-agent-micro");
+        }
+        if on {
+            break;
+        }
+        assert!(Instant::now() < deadline, "micro agent never reconnected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The log is complete: lines of every stage, in stage order (whatever
+    // was published into the dead node came back by replay).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let logs = loop {
+        let logs = bed.logs(&id).await;
+        if MICRO_STAGES
+            .iter()
+            .all(|s| logs.contains(&format!("[{s}]")))
+        {
+            break logs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "log missing a stage's lines:\n{logs}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let first_of = |stage: &str| logs.find(&format!("[{stage}]")).unwrap();
+    let positions: Vec<usize> = MICRO_STAGES.iter().map(|s| first_of(s)).collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "stages out of order in the log:\n{logs}"
+    );
+    // And no gap: every line the agent spooled (exactly what it published,
+    // sequence numbered) is in the control plane's log, in order.
+    let spool = bed
+        .dir
+        .path()
+        .join(format!("agents/micro/spool/{id}.jsonl"));
+    let spooled = std::fs::read_to_string(&spool).unwrap();
+    let mut spooled_lines = 0;
+    let mut at = 0;
+    for record in spooled.lines().filter(|l| !l.is_empty()) {
+        let record: Value = serde_json::from_str(record).unwrap();
+        let Some(line) = find_log_line(&record) else {
+            continue;
+        };
+        spooled_lines += 1;
+        match logs[at..].find(&line) {
+            Some(i) => at += i + line.len(),
+            None => panic!("spooled line {line:?} missing from the log after byte {at}:\n{logs}"),
+        }
+    }
+    assert!(spooled_lines > 3, "only {spooled_lines} log lines spooled");
+    assert_answers_with_branch(&bed, port, "feature/login-error").await;
+    bed.stop().await;
+    for node in nodes {
+        node.kill().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn comma_separated_url_list_reaches_the_cluster() {
+    let a = NatsServer::start(&["-a".into(), "127.0.0.1".into(), "-p".into(), "-1".into()]).await;
+    let b = NatsServer::start(&["-a".into(), "127.0.0.1".into(), "-p".into(), "-1".into()]).await;
+    let urls = format!("{},{}", a.url(), b.url());
+    let client = tokio::time::timeout(
+        Duration::from_secs(10),
+        sdp::stack::connect(&urls, "sdp-list-check"),
+    )
+    .await
+    .expect("connect never returned")
+    .unwrap_or_else(|e| panic!("connecting to {urls}: {e:#}"));
+    client.flush().await.unwrap();
+    drop(client);
+    a.kill().await;
+    b.kill().await;
+}
+
+/// The text of a spooled log line (`{stage, stream, line, seq, ...}`,
+/// possibly inside an envelope); `None` for events.
+fn find_log_line(v: &Value) -> Option<String> {
+    let obj = v.as_object()?;
+    if let (Some(line), Some(_), Some(_)) = (
+        obj.get("line").and_then(Value::as_str),
+        obj.get("stage"),
+        obj.get("seq"),
+    ) {
+        return Some(line.to_owned());
+    }
+    obj.values().find_map(find_log_line)
+}
