@@ -104,6 +104,15 @@ pub fn node_heartbeat(node: &str) -> String {
 /// Every node's presence messages.
 pub const NODE_ALL: &str = "sdp.node.*.*";
 
+/// `sdp.node.{node}.>`: everything one node announces.
+pub fn node_all_of(node: &str) -> String {
+    format!("sdp.node.{node}.>")
+}
+
+/// `sdp.node.>`: every node's announcements, at any depth (for taps and
+/// permissions).
+pub const NODE_TAP: &str = "sdp.node.>";
+
 /// `sdp.deploy.{id}.event`
 pub fn deploy_event(id: &str) -> String {
     format!("sdp.deploy.{id}.event")
@@ -117,6 +126,10 @@ pub fn deploy_log(id: &str) -> String {
 /// Every deployment's events and log lines, in one subscription so the
 /// control plane sees them in the order the agent sent them.
 pub const DEPLOY_ALL: &str = "sdp.deploy.*.*";
+
+/// `sdp.deploy.>`: every deployment subject, at any depth (for taps and
+/// permissions).
+pub const DEPLOY_TAP: &str = "sdp.deploy.>";
 
 /// Which stream a `sdp.deploy.{id}.*` subject belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +158,13 @@ pub fn audit(action: &str) -> String {
     format!("sdp.audit.{action}")
 }
 
+/// `sdp.audit.>`: every audit record (for taps and permissions).
+pub const AUDIT_TAP: &str = "sdp.audit.>";
+
+/// `_INBOX.>`: the reply subjects NATS clients create for their own
+/// requests (the `async-nats` default inbox prefix).
+pub const INBOX_ALL: &str = "_INBOX.>";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,6 +179,8 @@ mod tests {
         );
         assert_eq!(deploy_log("abc"), "sdp.deploy.abc.log");
         assert_eq!(node_heartbeat("micro"), "sdp.node.micro.heartbeat");
+        assert_eq!(node_all_of("micro"), "sdp.node.micro.>");
+        assert_eq!(agent_all("micro"), "sdp.agent.micro.>");
     }
 
     #[test]

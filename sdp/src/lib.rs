@@ -7,6 +7,7 @@
 //! functions serve `sdp server`, `sdp agent`, `sdp dev` and the integration
 //! tests, so what the tests run is what users run.
 
+pub mod bus_permissions;
 pub mod cli;
 pub mod config;
 pub mod dev;
