@@ -15,13 +15,12 @@
 //! presence and audit traffic with an ordinary NATS client but can send no
 //! command (secrets on those subjects are sealed anyway, SPEC §3).
 //!
-//! [`sdp_users`] is pure: it only builds the list. Loading it is a later
-//! change: `sdp server` will read the control plane's, each agent's and the
-//! optional ops credential from its configuration (passwords as bcrypt
-//! hashes, like nats-server's `authorization` block), call [`sdp_users`] and
-//! set `BrokerConfig::authorization` to `Authorization::Users(..)` before
-//! `Broker::start`; the control plane and each `sdp agent` then connect with
-//! their user and password.
+//! [`sdp_users`] is pure: it only builds the list. `sdp server` loads it
+//! when its configuration has a `[server.bus]` section (agents' passwords,
+//! plain or bcrypt hashes, and an optional ops password), and `sdp dev`
+//! always does: [`crate::stack::Stack::start`] gives the control plane and
+//! every in-process agent a fresh random password and sets
+//! `BrokerConfig::authorization` before the broker starts.
 
 use sdp_broker::{Permissions, ResponsePermission, SubjectPermission, User};
 use sdp_contract::subjects;

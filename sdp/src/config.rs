@@ -55,6 +55,37 @@ pub struct ServerSection {
     pub max_body_bytes: Option<usize>,
     #[serde(default)]
     pub secure_cookies: bool,
+    /// Users of the embedded broker. Unset: an open bus (one trusted
+    /// network). Set: SDP's default permission set, see `bus_permissions`.
+    pub bus: Option<BusSection>,
+}
+
+/// `[server.bus]`: who may connect to the embedded broker.
+#[derive(Debug, Default, Deserialize)]
+pub struct BusSection {
+    /// Agent node → its password (plain, or a bcrypt hash like
+    /// nats-server's); the agent connects as user `{node}`.
+    #[serde(default)]
+    pub agents: BTreeMap<String, String>,
+    /// Password (or bcrypt hash) of the read-only `ops` user, if any.
+    pub ops_password: Option<String>,
+}
+
+impl BusSection {
+    pub fn users(&self) -> crate::stack::BusUsers {
+        use crate::bus_permissions::Credential;
+        crate::stack::BusUsers {
+            agents: self
+                .agents
+                .iter()
+                .map(|(node, pw)| (node.clone(), Credential::new(node.clone(), pw.clone())))
+                .collect(),
+            ops: self
+                .ops_password
+                .as_ref()
+                .map(|pw| Credential::new("ops", pw.clone())),
+        }
+    }
 }
 
 impl Default for ServerSection {
@@ -76,6 +107,7 @@ impl Default for ServerSection {
             session_ttl_seconds: None,
             max_body_bytes: None,
             secure_cookies: false,
+            bus: None,
         }
     }
 }
@@ -87,6 +119,10 @@ pub struct AgentSection {
     pub node: Option<String>,
     #[serde(default = "default_nats_url")]
     pub nats_url: String,
+    /// Password for the bus when the server requires users (`[server.bus]`);
+    /// the agent connects as user `{node}`. Prefer `SDP_AGENT__NATS_PASSWORD`
+    /// in the environment over the file.
+    pub nats_password: Option<String>,
     /// Host name or address other machines reach this VM's ports on.
     pub address: Option<String>,
     #[serde(default = "default_agent_data_dir")]

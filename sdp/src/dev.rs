@@ -88,6 +88,10 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let broker = TcpListener::bind(("127.0.0.1", 0)).await?;
+    // The demo runs the bus as production should: every part with its own
+    // user, agents limited to their own commands, and an ops user that may
+    // only tap progress, presence and audit.
+    let ops_password = crate::stack::random_password();
     let stack = Stack::start(
         StackConfig {
             http,
@@ -95,6 +99,13 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
             nats_url: None,
             control,
             agents: vec![micro, gateway],
+            bus_users: Some(crate::stack::BusUsers {
+                agents: Vec::new(),
+                ops: Some(crate::bus_permissions::Credential::new(
+                    "ops",
+                    ops_password.clone(),
+                )),
+            }),
         },
         shutdown.clone(),
     )
@@ -104,7 +115,10 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
         "{}",
         banner(
             &stack.base_url(),
-            &stack.nats_url,
+            &format!(
+                "{}   (tap it: nats sub --user ops --password {ops_password} 'sdp.deploy.>')",
+                stack.nats_url
+            ),
             &password,
             &data_dir,
             args.gateway_port
@@ -166,7 +180,7 @@ fn banner(base: &str, nats: &str, password: &str, data_dir: &Path, gateway_port:
         format!("    Dashboard:  {base}/"),
         format!("    Username:   {DEMO_USER}"),
         format!("    Password:   {password}"),
-        format!("    NATS:       {nats}   (tap it: nats sub 'sdp.>')"),
+        format!("    NATS:       {nats}"),
         String::new(),
         "Demo repositories: account, payment, user (branches main, develop,".into(),
         "feature/login-error) and the erangel gateway, served by a local Bitbucket".into(),

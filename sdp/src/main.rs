@@ -54,6 +54,7 @@ async fn main() -> anyhow::Result<()> {
                     nats_url: server.nats_url.clone(),
                     control: server.control_config(),
                     agents: Vec::new(),
+                    bus_users: server.bus.as_ref().map(config::BusSection::users),
                 },
                 shutdown.clone(),
             )
@@ -68,8 +69,14 @@ async fn main() -> anyhow::Result<()> {
             let section = file
                 .agent
                 .context("the config has no [agent] section (see deploy/sdp-agent-micro.toml)")?;
+            let config = section.agent_config();
+            let credential = section
+                .nats_password
+                .as_ref()
+                .map(|pw| sdp::bus_permissions::Credential::new(config.node.clone(), pw.clone()));
             let agent =
-                stack::start_agent(&section.nats_url, section.agent_config(), shutdown).await?;
+                stack::start_agent_as(&section.nats_url, config, credential.as_ref(), shutdown)
+                    .await?;
             agent.stopped().await;
             Ok(())
         }

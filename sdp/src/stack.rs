@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sdp_agents::{Agent, AgentConfig, AgentHandle};
-use sdp_broker::{Broker, BrokerConfig, BrokerHandle};
+use sdp_broker::{Authorization, Broker, BrokerConfig, BrokerHandle};
+
+use crate::bus_permissions::{Credential, sdp_users};
 use sdp_control::{ControlConfig, ControlPlane};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -20,7 +22,16 @@ pub async fn start_broker(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<BrokerHandle> {
-    Broker::start(listener, BrokerConfig::default(), shutdown)
+    start_broker_with(listener, BrokerConfig::default(), shutdown).await
+}
+
+/// Starts the embedded broker on `listener` with `config` (e.g. users).
+pub async fn start_broker_with(
+    listener: TcpListener,
+    config: BrokerConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<BrokerHandle> {
+    Broker::start(listener, config, shutdown)
         .await
         .context("starting the embedded broker")
 }
@@ -29,8 +40,23 @@ pub async fn start_broker(
 /// keeps reconnecting for as long as the process runs: the bus coming back
 /// must not need a restart of SDP.
 pub async fn connect(urls: &str, name: &str) -> anyhow::Result<async_nats::Client> {
+    connect_as(urls, name, None).await
+}
+
+/// [`connect`], as `credential` when the bus requires users.
+pub async fn connect_as(
+    urls: &str,
+    name: &str,
+    credential: Option<&Credential>,
+) -> anyhow::Result<async_nats::Client> {
     let servers = server_list(urls)?;
-    async_nats::ConnectOptions::new()
+    let options = match credential {
+        Some(c) => {
+            async_nats::ConnectOptions::with_user_and_password(c.user.clone(), c.password.clone())
+        }
+        None => async_nats::ConnectOptions::new(),
+    };
+    options
         .name(name)
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
@@ -84,8 +110,18 @@ pub async fn start_agent(
     config: AgentConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<AgentHandle> {
+    start_agent_as(nats_url, config, None, shutdown).await
+}
+
+/// [`start_agent`], connecting as `credential` when the bus requires users.
+pub async fn start_agent_as(
+    nats_url: &str,
+    config: AgentConfig,
+    credential: Option<&Credential>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<AgentHandle> {
     let name = format!("sdp-agent-{}", config.node);
-    let nats = connect(nats_url, &name).await?;
+    let nats = connect_as(nats_url, &name, credential).await?;
     Agent::start(nats, config, shutdown)
         .await
         .context("starting the agent")
@@ -101,6 +137,31 @@ pub struct StackConfig {
     pub nats_url: Option<String>,
     pub control: ControlConfig,
     pub agents: Vec<AgentConfig>,
+    /// Require users on the embedded broker with SDP's default permission
+    /// set (see [`crate::bus_permissions`]). `None`: an open bus.
+    pub bus_users: Option<BusUsers>,
+}
+
+/// Who may use the embedded broker besides this process. The control plane
+/// and in-process agents get fresh random passwords at every start, so no
+/// credential of theirs is configured anywhere.
+#[derive(Debug, Clone, Default)]
+pub struct BusUsers {
+    /// Agents on other machines: node name → credential (the password plain
+    /// or a bcrypt hash); the user name is what they connect with.
+    pub agents: Vec<(String, Credential)>,
+    /// The read-only operator, if any.
+    pub ops: Option<Credential>,
+}
+
+/// A random password for a credential made at start.
+pub fn random_password() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut rng = rand::thread_rng();
+    (0..24)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect()
 }
 
 /// The whole system, running.
@@ -124,9 +185,27 @@ impl Stack {
         let broker_shutdown = shutdown.child_token();
         let control_shutdown = shutdown.child_token();
         let agents_shutdown = shutdown.child_token();
+        // With users, the control plane and each in-process agent connect
+        // as themselves; without, anonymously.
+        let mut control_credential = None;
+        let mut agent_credentials = vec![None; config.agents.len()];
+        let mut broker_config = BrokerConfig::default();
+        if let (Some(users), Some(_)) = (&config.bus_users, &config.broker) {
+            let control = Credential::new("sdp-control", random_password());
+            let mut agents = users.agents.clone();
+            for (slot, agent) in agent_credentials.iter_mut().zip(&config.agents) {
+                let credential = Credential::new(agent.node.clone(), random_password());
+                agents.push((agent.node.clone(), credential.clone()));
+                *slot = Some(credential);
+            }
+            broker_config.authorization =
+                Authorization::Users(sdp_users(control.clone(), &agents, users.ops.clone()));
+            control_credential = Some(control);
+        }
         let (broker, nats_url) = match (config.broker, config.nats_url) {
             (Some(listener), _) => {
-                let broker = start_broker(listener, broker_shutdown.clone()).await?;
+                let broker =
+                    start_broker_with(listener, broker_config, broker_shutdown.clone()).await?;
                 let url = broker.client_url();
                 (Some(broker), url)
             }
@@ -134,12 +213,20 @@ impl Stack {
             (None, None) => anyhow::bail!("either an embedded broker or a NATS URL is needed"),
         };
         let http_addr = config.http.local_addr()?;
-        let nats = connect(&nats_url, "sdp-control").await?;
+        let nats = connect_as(&nats_url, "sdp-control", control_credential.as_ref()).await?;
         let (control, server) =
             start_server(config.http, nats, config.control, control_shutdown.clone()).await?;
         let mut agents = Vec::new();
-        for agent in config.agents {
-            agents.push(start_agent(&nats_url, agent, agents_shutdown.clone()).await?);
+        for (agent, credential) in config.agents.into_iter().zip(&agent_credentials) {
+            agents.push(
+                start_agent_as(
+                    &nats_url,
+                    agent,
+                    credential.as_ref(),
+                    agents_shutdown.clone(),
+                )
+                .await?,
+            );
         }
         Ok(Stack {
             http_addr,

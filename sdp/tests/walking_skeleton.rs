@@ -80,7 +80,11 @@ async fn wrong_password_login_is_401_with_a_clear_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_without_a_gateway_agent_fails_at_once_saying_so() {
-    let bed = Bed::start(Options { no_gateway: true }).await;
+    let bed = Bed::start(Options {
+        no_gateway: true,
+        ..Options::default()
+    })
+    .await;
     let started = std::time::Instant::now();
     let r = bed.login(&bed.password.clone()).await;
     let took = started.elapsed();

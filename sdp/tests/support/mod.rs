@@ -53,6 +53,9 @@ pub fn trace_log() -> &'static Path {
 pub struct Options {
     /// Start without a gateway agent (login must fail at once).
     pub no_gateway: bool,
+    /// Run the embedded broker with users and SDP's permission set, and an
+    /// `ops` user with this password.
+    pub bus_ops_password: Option<String>,
 }
 
 /// `n` consecutive ports, each free on every interface right now, from a
@@ -169,6 +172,13 @@ impl Bed {
                 nats_url,
                 control,
                 agents,
+                bus_users: options
+                    .bus_ops_password
+                    .as_ref()
+                    .map(|pw| sdp::stack::BusUsers {
+                        agents: Vec::new(),
+                        ops: Some(sdp::bus_permissions::Credential::new("ops", pw.clone())),
+                    }),
             },
             shutdown.clone(),
         )
