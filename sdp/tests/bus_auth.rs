@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::json;
-use support::{Bed, Options, free_port};
+use support::{Bed, Options, files_containing, free_port, trace_log};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deploy_works_on_a_bus_with_users_and_ops_may_only_tap() {
@@ -91,5 +91,16 @@ async fn a_deploy_works_on_a_bus_with_users_and_ops_may_only_tap() {
     .unwrap_or(false);
     assert!(refused, "ops published a command");
     drop((ops, ops2));
+
+    // The bus password leaked nowhere: not in what SDP logged (the broker
+    // logs CONNECTs at debug level), not in any file of the run.
+    let needle = b"ops-Tap-Only-7f3a";
+    let trace = std::fs::read(trace_log()).unwrap();
+    assert!(
+        !trace.windows(needle.len()).any(|w| w == needle),
+        "bus password in tracing output"
+    );
+    let hits = files_containing(bed.dir.path(), needle);
+    assert!(hits.is_empty(), "bus password found in {hits:?}");
     bed.stop().await;
 }
