@@ -4,98 +4,37 @@
 
 mod support;
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use sdp_testbed::NatsServer;
 use serde_json::{Value, json};
 use support::{Bed, Options, free_port};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
-const NATS_SERVER: &str = "/usr/sbin/nats-server";
-
-/// One running `nats-server`, killed when dropped.
-struct NatsServer {
-    child: Child,
-    client_port: u16,
-    monitor_port: u16,
+/// `GET /{what}` on a server's monitoring port (`connz`, `routez`, ...).
+async fn monitor(server: &NatsServer, what: &str) -> Value {
+    reqwest::get(format!("http://127.0.0.1:{}/{what}", server.monitor_port()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
-impl NatsServer {
-    /// Starts `nats-server` with `args` (plus a monitoring port) and waits
-    /// until it logs its client port and readiness.
-    async fn start(args: &[String]) -> NatsServer {
-        let monitor_port = free_port();
-        let mut child = Command::new(NATS_SERVER)
-            .args(args)
-            .args(["-m", &monitor_port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("starting /usr/sbin/nats-server");
-        let stderr = child.stderr.take().unwrap();
-        let mut lines = BufReader::new(stderr).lines();
-        let mut client_port = None;
-        let mut seen = String::new();
-        let ready = tokio::time::timeout(Duration::from_secs(20), async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                seen.push_str(&line);
-                seen.push('\n');
-                if let Some((_, addr)) = line.split_once("Listening for client connections on ") {
-                    let port = addr.trim().rsplit(':').next().unwrap();
-                    client_port = Some(port.parse::<u16>().expect("client port"));
-                }
-                if line.contains("Server is ready") {
-                    return true;
-                }
-            }
-            false
+/// Names of the client connections a server holds.
+async fn client_names(server: &NatsServer) -> Vec<String> {
+    let connz = monitor(server, "connz").await;
+    connz["connections"]
+        .as_array()
+        .map(|c| {
+            c.iter()
+                .filter_map(|c| c["name"].as_str().map(str::to_owned))
+                .collect()
         })
-        .await;
-        assert!(
-            matches!(ready, Ok(true)),
-            "nats-server never got ready:\n{seen}"
-        );
-        // Keep draining its log so the pipe never fills and blocks it.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        NatsServer {
-            child,
-            client_port: client_port.unwrap_or_else(|| panic!("no client port in:\n{seen}")),
-            monitor_port,
-        }
-    }
+        .unwrap_or_default()
+}
 
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.client_port)
-    }
-
-    /// `GET /{what}` on the monitoring port (`connz`, `routez`, ...).
-    async fn monitor(&self, what: &str) -> Value {
-        reqwest::get(format!("http://127.0.0.1:{}/{what}", self.monitor_port))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    /// Names of the client connections this server holds.
-    async fn client_names(&self) -> Vec<String> {
-        let connz = self.monitor("connz").await;
-        connz["connections"]
-            .as_array()
-            .map(|c| {
-                c.iter()
-                    .filter_map(|c| c["name"].as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    async fn kill(mut self) {
-        let _ = self.child.kill().await;
-    }
+async fn start(args: &[&str]) -> NatsServer {
+    NatsServer::start(args).await.expect("nats-server")
 }
 
 fn stage_pairs(d: &Value) -> Vec<(String, String)> {
@@ -139,12 +78,11 @@ async fn assert_answers_with_branch(bed: &Bed, port: u16, branch: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn walking_skeleton_deploy_over_debian_nats_server() {
-    let nats =
-        NatsServer::start(&["-a".into(), "127.0.0.1".into(), "-p".into(), "-1".into()]).await;
+    let nats = start(&[]).await;
     let bed = Bed::start_on_nats(Options::default(), &nats.url()).await;
     assert_eq!(bed.stack.nats_url, nats.url());
     // Control plane and both agents really are on nats-server.
-    let names = nats.client_names().await;
+    let names = client_names(&nats).await;
     for name in ["sdp-control", "sdp-agent-micro", "sdp-agent-gateway"] {
         assert!(names.iter().any(|n| n == name), "{name} not in {names:?}");
     }
@@ -188,30 +126,26 @@ async fn deploy_survives_a_cluster_node_killed_mid_deploy() {
             .filter(|(j, _)| *j != i)
             .map(|(_, p)| format!("nats://127.0.0.1:{p}"))
             .collect();
-        let args: Vec<String> = [
-            "-a",
-            "127.0.0.1",
-            "-p",
-            "-1",
+        let name = format!("sdp-{i}");
+        let cluster = format!("nats://127.0.0.1:{cport}");
+        let routes = routes.join(",");
+        let args = [
             "-n",
-            &format!("sdp-{i}"),
+            &name,
             "--cluster_name",
             "sdp",
             "--cluster",
-            &format!("nats://127.0.0.1:{cport}"),
+            &cluster,
             "--routes",
-            &routes.join(","),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        nodes.push(NatsServer::start(&args).await);
+            &routes,
+        ];
+        nodes.push(start(&args).await);
     }
     // The cluster is formed: every node routes to the two others.
     let deadline = Instant::now() + Duration::from_secs(30);
     for node in &nodes {
         loop {
-            let routez = node.monitor("routez").await;
+            let routez = monitor(node, "routez").await;
             if routez["num_routes"].as_u64() >= Some(2) {
                 break;
             }
@@ -227,7 +161,7 @@ async fn deploy_survives_a_cluster_node_killed_mid_deploy() {
     // one yet: see `comma_separated_url_list_reaches_the_cluster`.)
     let victim = 0;
     let bed = Bed::start_on_nats(Options::default(), &nodes[victim].url()).await;
-    let names = nodes[victim].client_names().await;
+    let names = client_names(&nodes[victim]).await;
     for name in ["sdp-control", "sdp-agent-micro", "sdp-agent-gateway"] {
         assert!(
             names.iter().any(|n| n == name),
@@ -287,8 +221,7 @@ async fn deploy_survives_a_cluster_node_killed_mid_deploy() {
     loop {
         let mut on = false;
         for node in &nodes {
-            on |= node
-                .client_names()
+            on |= client_names(node)
                 .await
                 .iter()
                 .any(|n| n == "sdp-agent-micro");
@@ -353,8 +286,8 @@ async fn deploy_survives_a_cluster_node_killed_mid_deploy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn comma_separated_url_list_reaches_the_cluster() {
-    let a = NatsServer::start(&["-a".into(), "127.0.0.1".into(), "-p".into(), "-1".into()]).await;
-    let b = NatsServer::start(&["-a".into(), "127.0.0.1".into(), "-p".into(), "-1".into()]).await;
+    let a = start(&[]).await;
+    let b = start(&[]).await;
     let urls = format!("{},{}", a.url(), b.url());
     let client = tokio::time::timeout(
         Duration::from_secs(10),

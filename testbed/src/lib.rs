@@ -37,6 +37,7 @@ mod demo;
 mod embedded;
 mod git_server;
 mod images;
+mod nats_server;
 
 use std::path::PathBuf;
 
@@ -47,6 +48,7 @@ pub use images::{
     GATEWAY_IMAGE, GATEWAY_LISTEN_ENV, GATEWAY_MOUNT, GATEWAY_PREFIX, RUNTIME_IMAGE, ensure_docker,
     gateway_image, runtime_image,
 };
+pub use nats_server::{NATS_SERVER, NatsServer, free_port};
 
 /// Everything that can go wrong while setting up the test bed.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +81,8 @@ pub enum TestbedError {
     },
     #[error("no repository named {0:?} in this demo")]
     UnknownRepository(String),
+    #[error("nats-server did not start: {0}")]
+    NatsServer(String),
 }
 
 impl TestbedError {

@@ -4,48 +4,22 @@
 //! What needs a signed-in user is proven in a real browser
 //! (`sdp/tests/browser.rs`), since signing in needs a gateway agent.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use sdp_control::{ControlConfig, ControlPlane};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-struct Nats(Child);
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn control() -> (Nats, tempfile::TempDir, CancellationToken, ControlPlane) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let nats = Nats(
-        Command::new("/usr/sbin/nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server must be installed"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let client = loop {
-        match async_nats::connect(format!("nats://127.0.0.1:{port}")).await {
-            Ok(c) => break c,
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await
-            }
-            Err(e) => panic!("nats-server did not start: {e}"),
-        }
-    };
+async fn control() -> (
+    sdp_testbed::NatsServer,
+    tempfile::TempDir,
+    CancellationToken,
+    ControlPlane,
+) {
+    let nats = sdp_testbed::NatsServer::start(&[])
+        .await
+        .expect("nats-server must be installed");
+    let client = async_nats::connect(nats.url()).await.unwrap();
     let data = tempfile::tempdir().unwrap();
     let shutdown = CancellationToken::new();
     let cp = ControlPlane::start(

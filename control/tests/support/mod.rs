@@ -6,7 +6,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -66,62 +65,20 @@ pub fn captured_tracing() -> String {
 
 // ---------------------------------------------------------------- nats-server
 
-pub struct NatsServer {
-    child: Child,
-    pub url: String,
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// Debian's nats-server from the test bed.
+pub struct NatsServer(sdp_testbed::NatsServer);
 
 impl NatsServer {
-    /// Starts nats-server on a port it picks itself (`-p -1`) and reads the
-    /// port from its log: choosing a free port here and passing it on races
-    /// with the other tests doing the same.
     pub async fn start() -> NatsServer {
-        use std::io::BufRead;
-        let mut child = Command::new("/usr/sbin/nats-server")
-            .args(["-a", "127.0.0.1", "-p", "-1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("nats-server (Debian package nats-server) must be installed");
-        let stderr = child.stderr.take().unwrap();
-        let port = tokio::task::spawn_blocking(move || {
-            let mut lines = std::io::BufReader::new(stderr).lines();
-            let port = lines.by_ref().map_while(Result::ok).find_map(|l| {
-                l.split("Listening for client connections on 127.0.0.1:")
-                    .nth(1)
-                    .and_then(|p| p.trim().parse::<u16>().ok())
-            });
-            // Keep draining, so the server never blocks on a full pipe.
-            std::thread::spawn(move || for _ in lines {});
-            port
-        })
-        .await
-        .unwrap()
-        .expect("nats-server did not say which port it listens on");
-        let server = NatsServer {
-            child,
-            url: format!("nats://127.0.0.1:{port}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "nats-server did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        server
+        NatsServer(
+            sdp_testbed::NatsServer::start(&[])
+                .await
+                .expect("nats-server (Debian package nats-server) must be installed"),
+        )
     }
 
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(&self.url).await.unwrap()
+        async_nats::connect(self.0.url()).await.unwrap()
     }
 }
 

@@ -36,13 +36,7 @@ impl Drop for Browser {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use sdp_testbed::free_port;
 
 fn chromedriver() -> PathBuf {
     for p in ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"] {

@@ -295,13 +295,9 @@ impl Bed {
 }
 
 /// A free loopback port for a service to be published on.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+// Not every test binary that includes this module uses it.
+#[allow(unused_imports)]
+pub use sdp_testbed::free_port;
 
 fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
