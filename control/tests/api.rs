@@ -3,8 +3,6 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
-
 use sdp_contract::stages;
 use serde_json::{Value, json};
 use support::{Agents, BROKEN_BRANCH, Harness, USER};
@@ -79,11 +77,10 @@ async fn login_without_a_gateway_agent_is_503_at_once() {
         micro: true,
     })
     .await;
-    let started = Instant::now();
     let res = h.login(&h.password.clone()).await;
-    let took = started.elapsed();
+    // "At once": 503 with this text comes only from the bus's no-responders
+    // answer; a waited-out request timeout answers 504. No clock is read.
     assert_eq!(res.status(), 503);
-    assert!(took < Duration::from_millis(500), "took {took:?}");
     assert_eq!(
         error_of(res).await,
         "no gateway agent is connected: login needs one to check your Bitbucket credentials"
@@ -319,14 +316,12 @@ async fn a_deployment_no_micro_agent_takes_is_recorded_failed() {
     let cookie = h.session().await;
     h.sandbox(&cookie, "qa", json!({})).await;
     h.sandbox(&cookie, "dev", json!({})).await;
-    let started = Instant::now();
     let res = h
         .deploy(
             &cookie,
             json!({"sandbox": "qa", "repository": "eredar", "branch": "main"}),
         )
         .await;
-    assert!(started.elapsed() < Duration::from_secs(1));
     assert_eq!(res.status(), 201);
     let d: Value = res.json().await.unwrap();
     assert_eq!(d["state"], "FAILED");

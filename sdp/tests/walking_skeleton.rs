@@ -85,16 +85,13 @@ async fn login_without_a_gateway_agent_fails_at_once_saying_so() {
         ..Options::default()
     })
     .await;
-    let started = std::time::Instant::now();
     let r = bed.login(&bed.password.clone()).await;
-    let took = started.elapsed();
+    // "At once": 503 comes only from the bus's no-responders answer; a
+    // waited-out request timeout would answer 504. No clock is read.
     assert_eq!(r.status(), 503);
     let body: serde_json::Value = r.json().await.unwrap();
     let msg = body["error"].as_str().unwrap();
     assert!(msg.contains("gateway agent"), "{msg}");
-    // "At once" means no request timeout was waited out; generous for a
-    // loaded machine, far below any timeout.
-    assert!(took < Duration::from_secs(5), "took {took:?}");
     bed.stop().await;
 }
 
