@@ -4,11 +4,13 @@
 # once when `docker info` already works.
 #
 # Environment: SDP_DOCKER_WAIT (seconds to wait for the engine, default 60),
-# SDP_DOCKERD_LOG (the engine's log, default /var/log/sdp-dockerd.log).
+# SDP_DOCKERD_LOG (the engine's log, default /var/log/sdp-dockerd.log),
+# SDP_DOCKER_LOCK (the lock serializing starters, default /tmp/sdp-docker.lock).
 set -euo pipefail
 
 WAIT="${SDP_DOCKER_WAIT:-60}"
 LOG="${SDP_DOCKERD_LOG:-/var/log/sdp-dockerd.log}"
+LOCK="${SDP_DOCKER_LOCK:-/tmp/sdp-docker.lock}"
 
 log() { printf 'docker.sh: %s\n' "$*" >&2; }
 
@@ -17,8 +19,12 @@ if docker info >/dev/null 2>&1; then
 fi
 
 # Two test processes starting two engines on one socket would fight.
-exec 9>"/tmp/sdp-docker.lock"
-flock 9
+# Bounded: a holder that never lets go must not hang CI.
+exec 9>"$LOCK"
+if ! flock -w "$WAIT" 9; then
+    log "another starter held $LOCK for ${WAIT}s; giving up"
+    exit 1
+fi
 if docker info >/dev/null 2>&1; then
     exit 0
 fi
@@ -51,8 +57,9 @@ fi
 if ! pgrep -x dockerd >/dev/null 2>&1; then
     log "starting dockerd (log: $LOG)"
     # setsid + nohup: the engine must outlive this script and the test
-    # process that ran it.
-    setsid nohup dockerd >>"$LOG" 2>&1 </dev/null &
+    # process that ran it. 9>&-: an engine inheriting the lock would hold it
+    # for its whole life, and every later starter would wait on it forever.
+    setsid nohup dockerd >>"$LOG" 2>&1 </dev/null 9>&- &
 fi
 
 for _ in $(seq 1 "$WAIT"); do
