@@ -13,30 +13,6 @@ fn write_exe(path: &Path, text: &str) {
     }
 }
 
-/// Runs docker.sh with stand-ins first on PATH and a private lock, so a real
-/// starter elsewhere on the machine never shares (or holds) it; `timeout`
-/// turns a hang into a failure that names itself.
-fn docker_sh(bin: &Path, lock: &Path, envs: &[(&str, &Path)], wait: &str) -> std::process::Output {
-    let tree = sdp_testbed::materialize().unwrap();
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let mut cmd = Command::new("timeout");
-    cmd.args(["120", "bash"])
-        .arg(tree.join("scripts/testbed/docker.sh"))
-        .env("PATH", &path)
-        .env("SDP_DOCKER_LOCK", lock)
-        .env("SDP_DOCKER_WAIT", wait);
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
-    assert_ne!(out.status.code(), Some(124), "docker.sh hung");
-    out
-}
-
 fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
@@ -45,47 +21,103 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Stand-ins for `docker`, `dockerd` and `pgrep` first on PATH, a private
+/// lock and log, so the machine's real engine is never stopped or started
+/// and a real starter elsewhere never shares (or holds) the lock.
+struct Stand {
+    tmp: tempfile::TempDir,
+}
+
+impl Stand {
+    fn new() -> Self {
+        let stand = Self {
+            tmp: tempfile::tempdir().unwrap(),
+        };
+        std::fs::create_dir(stand.bin()).unwrap();
+        write_exe(&stand.bin().join("pgrep"), "#!/bin/sh\nexit 1\n");
+        stand
+    }
+
+    fn bin(&self) -> std::path::PathBuf {
+        self.tmp.path().join("bin")
+    }
+
+    /// The file whose presence means "the engine answers".
+    fn up(&self) -> std::path::PathBuf {
+        self.tmp.path().join("engine-up")
+    }
+
+    fn log(&self) -> std::path::PathBuf {
+        self.tmp.path().join("dockerd.log")
+    }
+
+    /// `docker info` answers once the engine is up; `never` makes it fail.
+    fn docker(&self, answers: bool) {
+        let body = if answers {
+            format!("[ \"$1\" = info ] && [ -e '{}' ]", self.up().display())
+        } else {
+            "exit 1".to_owned()
+        };
+        write_exe(&self.bin().join("docker"), &format!("#!/bin/sh\n{body}\n"));
+    }
+
+    /// `{up}` in the script stands for the engine-up file.
+    fn dockerd(&self, script: &str) {
+        let script = script.replace("{up}", &self.up().display().to_string());
+        write_exe(
+            &self.bin().join("dockerd"),
+            &format!("#!/bin/sh\n{script}\n"),
+        );
+    }
+
+    /// `timeout` turns a hang into a failure that names itself.
+    fn run(&self, wait: &str) -> std::process::Output {
+        let tree = sdp_testbed::materialize().unwrap();
+        let path = format!(
+            "{}:{}",
+            self.bin().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let out = Command::new("timeout")
+            .args(["120", "bash"])
+            .arg(tree.join("scripts/testbed/docker.sh"))
+            .env("PATH", &path)
+            .env("SDP_DOCKER_LOCK", self.tmp.path().join("lock"))
+            .env("SDP_DOCKERD_LOG", self.log())
+            .env("SDP_DOCKER_WAIT", wait)
+            .output()
+            .unwrap();
+        assert_ne!(out.status.code(), Some(124), "docker.sh hung");
+        out
+    }
+}
+
 /// With no engine answering, docker.sh starts dockerd detached and waits
-/// until `docker info` works. `docker`, `dockerd` and `pgrep` are stand-ins
-/// on PATH, so the machine's real engine is never stopped or started.
+/// until `docker info` works.
 #[test]
 fn docker_sh_starts_an_engine_and_waits_for_it() {
     if !is_root() {
         eprintln!("docker.sh refuses to start an engine without root; skipped");
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let bin = tmp.path().join("bin");
-    std::fs::create_dir(&bin).unwrap();
-    let up = tmp.path().join("engine-up");
-    write_exe(
-        &bin.join("docker"),
-        &format!(
-            "#!/bin/sh\n[ \"$1\" = info ] && [ -e '{}' ]\n",
-            up.display()
-        ),
-    );
+    let stand = Stand::new();
+    stand.docker(true);
     // The "engine" comes up a moment after it is started, like dockerd.
-    write_exe(
-        &bin.join("dockerd"),
-        &format!(
-            "#!/bin/sh\necho started\nsleep 1\ntouch '{}'\n",
-            up.display()
-        ),
-    );
-    write_exe(&bin.join("pgrep"), "#!/bin/sh\nexit 1\n");
-    let log = tmp.path().join("dockerd.log");
-    let lock = tmp.path().join("lock");
+    stand.dockerd("echo started\nsleep 1\ntouch '{up}'");
 
-    let out = docker_sh(&bin, &lock, &[("SDP_DOCKERD_LOG", &log)], "20");
+    let out = stand.run("20");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("starting dockerd"), "{stderr}");
-    assert!(up.exists());
-    assert!(std::fs::read_to_string(&log).unwrap().contains("started"));
+    assert!(stand.up().exists());
+    assert!(
+        std::fs::read_to_string(stand.log())
+            .unwrap()
+            .contains("started")
+    );
 
     // Already answering: nothing is started again.
-    let again = docker_sh(&bin, &lock, &[("SDP_DOCKERD_LOG", &log)], "20");
+    let again = stand.run("20");
     assert!(again.status.success());
     assert!(
         again.stderr.is_empty(),
@@ -99,15 +131,10 @@ fn docker_sh_gives_up_when_the_engine_never_answers() {
     if !is_root() {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let bin = tmp.path().join("bin");
-    std::fs::create_dir(&bin).unwrap();
-    write_exe(&bin.join("docker"), "#!/bin/sh\nexit 1\n");
-    write_exe(&bin.join("dockerd"), "#!/bin/sh\necho 'engine broke' >&2\n");
-    write_exe(&bin.join("pgrep"), "#!/bin/sh\nexit 1\n");
-    let log = tmp.path().join("dockerd.log");
-    let lock = tmp.path().join("lock");
-    let out = docker_sh(&bin, &lock, &[("SDP_DOCKERD_LOG", &log)], "2");
+    let stand = Stand::new();
+    stand.docker(false);
+    stand.dockerd("echo 'engine broke' >&2");
+    let out = stand.run("2");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("did not answer within 2s"), "{stderr}");
@@ -125,42 +152,23 @@ fn regression_dockerd_inherited_the_starter_lock_and_hung_later_starters() {
     if !is_root() {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let bin = tmp.path().join("bin");
-    std::fs::create_dir(&bin).unwrap();
-    let up = tmp.path().join("engine-up");
-    write_exe(
-        &bin.join("docker"),
-        &format!(
-            "#!/bin/sh\n[ \"$1\" = info ] && [ -e '{}' ]\n",
-            up.display()
-        ),
-    );
+    let stand = Stand::new();
+    stand.docker(true);
     // The engine reports whether it holds descriptor 9, then lives on like
     // a daemon (bounded, so the test leaves nothing behind for long).
-    write_exe(
-        &bin.join("dockerd"),
-        &format!(
-            "#!/bin/sh\n[ -e /proc/$$/fd/9 ] && echo lock-inherited\ntouch '{}'\nexec sleep 30\n",
-            up.display()
-        ),
-    );
-    write_exe(&bin.join("pgrep"), "#!/bin/sh\nexit 1\n");
-    let log = tmp.path().join("dockerd.log");
-    let lock = tmp.path().join("lock");
-    let out = docker_sh(&bin, &lock, &[("SDP_DOCKERD_LOG", &log)], "20");
+    stand.dockerd("[ -e /proc/$$/fd/9 ] && echo lock-inherited\ntouch '{up}'\nexec sleep 30");
+    let out = stand.run("20");
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let engine_log = std::fs::read_to_string(&log).unwrap();
+    let engine_log = std::fs::read_to_string(stand.log()).unwrap();
     assert!(!engine_log.contains("lock-inherited"), "{engine_log}");
 
     // The engine still runs, and the lock is free for the next starter.
-    std::fs::remove_file(&up).unwrap();
-    write_exe(&bin.join("docker"), "#!/bin/sh\nexit 1\n");
-    let next = docker_sh(&bin, &lock, &[("SDP_DOCKERD_LOG", &log)], "1");
+    stand.docker(false);
+    let next = stand.run("1");
     let stderr = String::from_utf8_lossy(&next.stderr);
     assert!(stderr.contains("did not answer within 1s"), "{stderr}");
 }
