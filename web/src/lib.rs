@@ -90,6 +90,7 @@ fn build(web: Web) -> Router {
             "/environments/{name}/delete",
             post(pages::environment_delete),
         )
+        .route("/environments/{name}/files", post(pages::environment_file))
         .route(
             "/sandboxes",
             get(pages::sandboxes).post(pages::sandbox_create),

@@ -27,7 +27,7 @@ use crate::views::audit::{self as audit_view, AuditFilters, AuditRow};
 use crate::views::deploy::{self, Branch, DeployForm, DeployPage};
 use crate::views::deployment::{self, DeploymentPage, Head};
 use crate::views::deployments::{self, DeploymentsPage, Filters, Row};
-use crate::views::environments::{self as env_view, EnvCard, EnvironmentsPage};
+use crate::views::environments::{self as env_view, EnvCard, EnvironmentsPage, FileDraft};
 use crate::views::error::{self, ErrorPage};
 use crate::views::login::{self, LoginPage};
 use crate::views::nodes::{self as nodes_view, NodeRow};
@@ -44,10 +44,20 @@ const PAGE_LOG_BYTES: usize = 48 * 1024;
 type Fields = Vec<(String, String)>;
 
 fn field<'a>(fields: &'a Fields, name: &str) -> &'a str {
+    raw_field(fields, name).trim()
+}
+
+/// A field as typed, spaces included.
+fn raw_field<'a>(fields: &'a Fields, name: &str) -> &'a str {
     fields
         .iter()
         .find(|(k, _)| k == name)
-        .map_or("", |(_, v)| v.trim())
+        .map_or("", |(_, v)| v.as_str())
+}
+
+/// A textarea's text as stored: browsers send its line breaks as CRLF.
+fn textarea(fields: &Fields, name: &str) -> String {
+    raw_field(fields, name).replace("\r\n", "\n")
 }
 
 fn nonempty(s: &str) -> Option<String> {
@@ -438,10 +448,27 @@ fn parse_pairs(text: &str, what: &str) -> Result<BTreeMap<String, String>, ApiEr
     Ok(out)
 }
 
+/// What the environments page shows beside the list.
+#[derive(Default)]
+struct EnvNotes {
+    message: Option<String>,
+    error: Option<String>,
+    draft: Option<FileDraft>,
+}
+
+impl EnvNotes {
+    fn error(e: &ApiError) -> Self {
+        EnvNotes {
+            error: Some(e.message().to_owned()),
+            ..Default::default()
+        }
+    }
+}
+
 async fn environments_page(
     web: &Web,
     viewer: Viewer,
-    error: Option<String>,
+    notes: EnvNotes,
     status: StatusCode,
 ) -> Response {
     match web.cp.environments().await {
@@ -450,7 +477,9 @@ async fn environments_page(
             env_view::render(&EnvironmentsPage {
                 viewer,
                 environments: list.iter().map(EnvCard::from).collect(),
-                error,
+                message: notes.message,
+                error: notes.error,
+                draft: notes.draft,
             }),
         )
             .into_response(),
@@ -459,11 +488,22 @@ async fn environments_page(
 }
 
 /// `GET /environments`
-pub async fn environments(State(web): State<Web>, a: Authed) -> Response {
-    environments_page(&web, a.viewer, None, StatusCode::OK).await
+pub async fn environments(
+    State(web): State<Web>,
+    a: Authed,
+    Query(q): Query<MsgQuery>,
+) -> Response {
+    let notes = EnvNotes {
+        message: nonempty(&q.msg),
+        ..Default::default()
+    };
+    environments_page(&web, a.viewer, notes, StatusCode::OK).await
 }
 
-fn env_body(fields: &Fields, with_name: bool) -> Result<EnvironmentBody, ApiError> {
+/// The variables and secrets of an environment or template form, in the
+/// API's shape: variables replace the stored ones, secrets are set by value
+/// or removed by name (`remove_secret`), never read back.
+fn layer_json(fields: &Fields) -> Result<Value, ApiError> {
     let variables = parse_pairs(field(fields, "variables"), "variables")?;
     let mut secrets: BTreeMap<String, Value> = parse_pairs(field(fields, "secrets"), "secrets")?
         .into_iter()
@@ -474,7 +514,11 @@ fn env_body(fields: &Fields, with_name: bool) -> Result<EnvironmentBody, ApiErro
             secrets.insert(v.clone(), Value::Null);
         }
     }
-    let mut body = json!({ "variables": variables, "secrets": secrets });
+    Ok(json!({ "variables": variables, "secrets": secrets }))
+}
+
+fn env_body(fields: &Fields, with_name: bool) -> Result<EnvironmentBody, ApiError> {
+    let mut body = layer_json(fields)?;
     if with_name {
         body["name"] = json!(field(fields, "name"));
     }
@@ -504,7 +548,7 @@ pub async fn environment_create(
     record(&web, &a, env_entry("environment_create", &name), &result).await;
     match result {
         Ok(_) => see_other("/environments"),
-        Err(e) => environments_page(&web, a.viewer, Some(e.message().to_owned()), e.status()).await,
+        Err(e) => environments_page(&web, a.viewer, EnvNotes::error(&e), e.status()).await,
     }
 }
 
@@ -521,8 +565,8 @@ pub async fn environment_update(
     };
     record(&web, &a, env_entry("environment_update", &name), &result).await;
     match result {
-        Ok(_) => see_other("/environments"),
-        Err(e) => environments_page(&web, a.viewer, Some(e.message().to_owned()), e.status()).await,
+        Ok(_) => see_other_msg("/environments", &format!("{name}: saved")),
+        Err(e) => environments_page(&web, a.viewer, EnvNotes::error(&e), e.status()).await,
     }
 }
 
@@ -536,7 +580,72 @@ pub async fn environment_delete(
     record(&web, &a, env_entry("environment_delete", &name), &result).await;
     match result {
         Ok(()) => see_other("/environments"),
-        Err(e) => environments_page(&web, a.viewer, Some(e.message().to_owned()), e.status()).await,
+        Err(e) => environments_page(&web, a.viewer, EnvNotes::error(&e), e.status()).await,
+    }
+}
+
+/// The files of `current` with the form's one change: `path` set to
+/// `content`, or removed when `remove` is set.
+fn files_with_change(
+    mut files: BTreeMap<String, String>,
+    fields: &Fields,
+) -> Result<(BTreeMap<String, String>, String), ApiError> {
+    let path = field(fields, "path").to_owned();
+    if path.is_empty() {
+        return Err(ApiError::bad_request("enter the file's path"));
+    }
+    if field(fields, "remove").is_empty() {
+        // Not trimmed like other fields: a file's spaces are its content.
+        files.insert(path.clone(), textarea(fields, "content"));
+        Ok((files, format!("file {path} saved")))
+    } else if files.remove(&path).is_some() {
+        Ok((files, format!("file {path} removed")))
+    } else {
+        Err(ApiError::not_found(format!(
+            "no file {:?} to remove",
+            path.chars().take(80).collect::<String>()
+        )))
+    }
+}
+
+/// `POST /environments/{name}/files` `path`, `content` or `remove`: one file
+/// created, replaced or removed. The API replaces the whole map, so the
+/// others are sent back as stored.
+pub async fn environment_file(
+    State(web): State<Web>,
+    a: Authed,
+    Path(name): Path<String>,
+    Form(fields): Form<Fields>,
+) -> Response {
+    let result = match web.cp.environment(&name).await.and_then(|env| {
+        let (files, done) = files_with_change(env.files, &fields)?;
+        let body = serde_json::from_value::<EnvironmentBody>(json!({ "files": files }))
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        Ok((body, done))
+    }) {
+        Ok((body, done)) => web.cp.update_environment(&name, &body).await.map(|_| done),
+        Err(e) => Err(e),
+    };
+    let mut entry = env_entry("environment_update", &name);
+    entry.detail = Some(format!(
+        "dashboard: file {}",
+        field(&fields, "path").chars().take(80).collect::<String>()
+    ));
+    record(&web, &a, entry, &result).await;
+    match result {
+        Ok(done) => see_other_msg("/environments", &format!("{name}: {done}")),
+        Err(e) => {
+            let adding = field(&fields, "remove").is_empty();
+            let notes = EnvNotes {
+                draft: adding.then(|| FileDraft {
+                    environment: name.clone(),
+                    path: field(&fields, "path").to_owned(),
+                    content: textarea(&fields, "content"),
+                }),
+                ..EnvNotes::error(&e)
+            };
+            environments_page(&web, a.viewer, notes, e.status()).await
+        }
     }
 }
 
@@ -702,21 +811,7 @@ async fn sandbox_page(
         Ok(s) => s,
         Err(e) => return error_page(Some(viewer), &e),
     };
-    let history = web
-        .cp
-        .deployments(&DeploymentFilter {
-            sandbox: Some(s.name.clone()),
-            limit: 500,
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_default();
-    let latest = |repo: &str| {
-        history
-            .iter()
-            .find(|d| d.repository == repo)
-            .map(|d| (d.id.clone(), d.state))
-    };
+    let (services, gateway_latest) = sandbox_services(web, &s).await;
     let routes = if with_routes {
         web.cp.routes(&s.name).await.unwrap_or_default()
     } else {
@@ -724,20 +819,8 @@ async fn sandbox_page(
     };
     let row = SandboxRow::from(&s);
     let page = SandboxPage {
-        services: s
-            .services
-            .iter()
-            .map(|(svc, v)| ServiceRow {
-                name: svc.clone(),
-                source: Source::from_value(v),
-                port: v
-                    .get("port")
-                    .and_then(Value::as_u64)
-                    .and_then(|p| u16::try_from(p).ok()),
-                latest: latest(svc),
-            })
-            .collect(),
-        gateway_latest: latest(&web.cp.config().gateway_repository),
+        services,
+        gateway_latest,
         routes: routes
             .iter()
             .map(|(svc, r)| RouteRow {
@@ -757,6 +840,43 @@ async fn sandbox_page(
         error,
     };
     (status, sb_view::detail(&page)).into_response()
+}
+
+/// A sandbox's services table rows and its gateway's latest deployment
+/// (the page and its live stream both show them).
+pub(crate) async fn sandbox_services(
+    web: &Web,
+    s: &sdp_control::sandboxes::SandboxView,
+) -> (Vec<ServiceRow>, Option<(String, DeploymentState)>) {
+    let history = web
+        .cp
+        .deployments(&DeploymentFilter {
+            sandbox: Some(s.name.clone()),
+            limit: 500,
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_default();
+    let latest = |repo: &str| {
+        history
+            .iter()
+            .find(|d| d.repository == repo)
+            .map(|d| (d.id.clone(), d.state))
+    };
+    let services = s
+        .services
+        .iter()
+        .map(|(svc, v)| ServiceRow {
+            name: svc.clone(),
+            source: Source::from_value(v),
+            port: v
+                .get("port")
+                .and_then(Value::as_u64)
+                .and_then(|p| u16::try_from(p).ok()),
+            latest: latest(svc),
+        })
+        .collect();
+    (services, latest(&web.cp.config().gateway_repository))
 }
 
 /// `POST /sandboxes/{name}/{deploy|clone|delete}`
@@ -920,6 +1040,7 @@ pub async fn route_toggle(
 async fn templates_page(
     web: &Web,
     viewer: Viewer,
+    message: Option<String>,
     error: Option<String>,
     status: StatusCode,
 ) -> Response {
@@ -931,6 +1052,7 @@ async fn templates_page(
                 templates: list.iter().map(TemplateRow::from).collect(),
                 repositories: repositories(web),
                 environments: environment_names(web).await,
+                message,
                 error,
             }),
         )
@@ -939,9 +1061,14 @@ async fn templates_page(
     }
 }
 
+/// The templates page again, with why the change was refused.
+async fn templates_refused(web: &Web, viewer: Viewer, e: &ApiError) -> Response {
+    templates_page(web, viewer, None, Some(e.message().to_owned()), e.status()).await
+}
+
 /// `GET /templates`
-pub async fn templates(State(web): State<Web>, a: Authed) -> Response {
-    templates_page(&web, a.viewer, None, StatusCode::OK).await
+pub async fn templates(State(web): State<Web>, a: Authed, Query(q): Query<MsgQuery>) -> Response {
+    templates_page(&web, a.viewer, nonempty(&q.msg), None, StatusCode::OK).await
 }
 
 fn template_entry(action: &'static str, name: &str) -> AuditEntry {
@@ -971,11 +1098,22 @@ pub async fn template_create(
     record(&web, &a, template_entry("template_create", &name), &result).await;
     match result {
         Ok(_) => see_other("/templates"),
-        Err(e) => templates_page(&web, a.viewer, Some(e.message().to_owned()), e.status()).await,
+        Err(e) => templates_refused(&web, a.viewer, &e).await,
     }
 }
 
-/// `POST /templates/{name}/{sandbox|delete}`
+/// An edited template in the API's `PUT` shape: every field of the form is
+/// sent, so what was cleared is cleared (the environment with `null`, a
+/// service by leaving it out); secrets only change where asked.
+fn template_update_body(fields: &Fields) -> Result<TemplateBody, ApiError> {
+    let mut body = layer_json(fields)?;
+    body["services"] = json!(services_from(fields)?);
+    body["environment"] = json!(nonempty(field(fields, "environment")));
+    body["gateway"] = json!({ "branch": field(fields, "gateway_branch") });
+    serde_json::from_value(body).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+/// `POST /templates/{name}/{update|sandbox|delete}`
 pub async fn template_action(
     State(web): State<Web>,
     a: Authed,
@@ -983,6 +1121,17 @@ pub async fn template_action(
     Form(fields): Form<Fields>,
 ) -> Response {
     match action.as_str() {
+        "update" => {
+            let result = match template_update_body(&fields) {
+                Ok(body) => web.cp.update_template(&name, &body).await,
+                Err(e) => Err(e),
+            };
+            record(&web, &a, template_entry("template_update", &name), &result).await;
+            match result {
+                Ok(t) => see_other_msg("/templates", &format!("template {} saved", t.name)),
+                Err(e) => templates_refused(&web, a.viewer, &e).await,
+            }
+        }
         "sandbox" => {
             let to = field(&fields, "name").to_owned();
             let body = json!({ "name": to, "template": name });
@@ -1003,9 +1152,7 @@ pub async fn template_action(
             .await;
             match result {
                 Ok(s) => see_other(&format!("/sandboxes/{}", s.name)),
-                Err(e) => {
-                    templates_page(&web, a.viewer, Some(e.message().to_owned()), e.status()).await
-                }
+                Err(e) => templates_refused(&web, a.viewer, &e).await,
             }
         }
         "delete" => {
@@ -1013,9 +1160,7 @@ pub async fn template_action(
             record(&web, &a, template_entry("template_delete", &name), &result).await;
             match result {
                 Ok(()) => see_other("/templates"),
-                Err(e) => {
-                    templates_page(&web, a.viewer, Some(e.message().to_owned()), e.status()).await
-                }
+                Err(e) => templates_refused(&web, a.viewer, &e).await,
             }
         }
         _ => StatusCode::NOT_FOUND.into_response(),
@@ -1068,6 +1213,61 @@ mod tests {
         assert_eq!(b, json!({"name": "qa", "template": "mobile"}));
         let b = spec_body(&f(&[("name", "qa")])).unwrap();
         assert_eq!(b["gateway"], json!({"branch": "main"}));
+    }
+
+    #[test]
+    fn an_edited_template_sends_every_choice_so_cleared_ones_clear() {
+        let body = template_update_body(&f(&[
+            ("environment", ""),
+            ("gateway_branch", "release/2"),
+            ("mode.account", "ocp"),
+            ("mode.payment", ""),
+            ("variables", "LEVEL=debug"),
+            ("remove_secret", "OLD"),
+        ]))
+        .unwrap();
+        assert_eq!(body.environment, Some(None));
+        assert_eq!(body.gateway.unwrap().branch, "release/2");
+        let services = body.services.unwrap();
+        assert_eq!(services["account"], json!({"use_ocp": true}));
+        assert!(!services.contains_key("payment"));
+        assert_eq!(body.layer.variables.unwrap()["LEVEL"], "debug");
+        assert_eq!(body.layer.secrets.unwrap()["OLD"], None);
+        assert!(body.name.is_none() && body.layer.files.is_none());
+
+        let body = template_update_body(&f(&[("environment", "dev"), ("gateway_branch", "main")]))
+            .unwrap();
+        assert_eq!(body.environment, Some(Some("dev".into())));
+    }
+
+    #[test]
+    fn a_file_change_touches_that_file_only() {
+        let stored: BTreeMap<String, String> = [("a.yml", "a"), ("b.yml", "b")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let (files, done) = files_with_change(
+            stored.clone(),
+            &f(&[("path", " b.yml "), ("content", "  x: 1\r\ny: 2\r\n")]),
+        )
+        .unwrap();
+        assert_eq!(files["a.yml"], "a");
+        assert_eq!(
+            files["b.yml"], "  x: 1\ny: 2\n",
+            "spaces kept, CRLF made LF"
+        );
+        assert_eq!(done, "file b.yml saved");
+
+        let (files, done) =
+            files_with_change(stored.clone(), &f(&[("path", "a.yml"), ("remove", "1")])).unwrap();
+        assert_eq!(files.keys().collect::<Vec<_>>(), ["b.yml"]);
+        assert_eq!(done, "file a.yml removed");
+
+        let e = files_with_change(stored.clone(), &f(&[("path", "c.yml"), ("remove", "1")]))
+            .unwrap_err();
+        assert_eq!(e.status(), StatusCode::NOT_FOUND);
+        let e = files_with_change(stored, &f(&[("content", "x")])).unwrap_err();
+        assert!(e.message().contains("path"), "{}", e.message());
     }
 
     #[test]
