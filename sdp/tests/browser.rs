@@ -15,6 +15,8 @@ use support::{Bed, Options, USER, free_port};
 
 const BUILD: Duration = Duration::from_secs(300);
 const PAGE: Duration = Duration::from_secs(20);
+/// The environment file the dashboard adds, by its path in the container.
+const MOTD: &str = "/etc/sdp/motd.txt";
 
 /// Signs in through the form and lands on the sandboxes overview.
 async fn sign_in(b: &Browser, password: &str) -> Result {
@@ -262,6 +264,31 @@ async fn environments_templates_sandboxes_and_routes_from_the_dashboard() {
         );
         b.shot("environment").await?;
 
+        // A file for the environment, listed by its path once added; the
+        // browser sends the textarea's lines as CRLF, the file keeps LF.
+        b.fill("#file-path-dev", MOTD).await?;
+        b.fill("#file-content-dev", "hello <b>file</b>\nline 2")
+            .await?;
+        b.click("#files-dev form.new-file button[type=submit]")
+            .await?;
+        b.wait_text("p.notice", PAGE, "the saved file", |t| {
+            t.contains(&format!("file {MOTD} saved"))
+        })
+        .await?;
+        let file = format!("#files-dev details.file[data-path='{MOTD}']");
+        b.click(&format!("{file} summary")).await?;
+        let content = b
+            .find(&format!("{file} textarea[name=content]"))
+            .await?
+            .prop("value")
+            .await?;
+        assert_eq!(content.as_deref(), Some("hello <b>file</b>\nline 2"));
+        assert!(
+            !b.client.source().await?.contains(secret),
+            "a secret was rendered"
+        );
+        b.shot("environment-file").await?;
+
         // A template: account from a branch, payment from OCP.
         b.goto("/templates").await?;
         b.fill("#tp-name", "mobile").await?;
@@ -269,21 +296,39 @@ async fn environments_templates_sandboxes_and_routes_from_the_dashboard() {
         b.fill("#tp-gateway", "main").await?;
         b.select("#new-template select[name='mode.account']", "branch")
             .await?;
-        b.fill(
-            "#new-template input[name='branch.account']",
-            "feature/login-error",
-        )
-        .await?;
+        b.fill("#new-template input[name='branch.account']", "develop")
+            .await?;
         b.select("#new-template select[name='mode.payment']", "ocp")
             .await?;
         b.click("#new-template button[type=submit]").await?;
         let card = b
             .wait_text("#template-mobile", PAGE, "the template", |t| {
-                t.contains("feature/login-error")
+                t.contains("develop")
             })
             .await?;
         assert!(card.contains("payment") && card.contains("OCP"), "{card}");
         b.shot("template").await?;
+
+        // Edited: account on the feature branch, a variable of its own.
+        b.click("#template-mobile details.edit summary").await?;
+        b.fill(
+            "#edit-template-mobile input[name='branch.account']",
+            "feature/login-error",
+        )
+        .await?;
+        b.fill("#tp-mobile-vars", "DEMO_LEVEL=debug").await?;
+        b.shot("template-edit").await?;
+        b.click("#edit-template-mobile button[type=submit]").await?;
+        b.wait_text("p.notice", PAGE, "the saved template", |t| {
+            t.contains("template mobile saved")
+        })
+        .await?;
+        let branches = b.find("#template-mobile ul.branches").await?.text().await?;
+        assert!(
+            branches.contains("feature/login-error") && !branches.contains("develop"),
+            "{branches}"
+        );
+        b.shot("template-edited").await?;
 
         // A sandbox from it.
         b.fill("#template-mobile input[name=name]", &bed.sandbox)
@@ -335,12 +380,45 @@ async fn environments_templates_sandboxes_and_routes_from_the_dashboard() {
             .await?;
         b.shot("deployed-from-sandbox").await?;
 
+        // What was edited reaches the container: the template's variable
+        // and the environment's file.
+        assert_eq!(bed.login(&bed.password).await.status(), 200);
+        let sandbox: serde_json::Value = bed
+            .http
+            .get(bed.url(&format!("/sandboxes/{}", bed.sandbox)))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let port = &sandbox["services"]["account"]["port"];
+        let hello: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{port}/hello"))
+            .await?
+            .json()
+            .await?;
+        assert_eq!(hello["env"]["DEMO_LEVEL"], "debug", "{hello}");
+        let mounts = std::process::Command::new("docker")
+            .args(["inspect", "--format", "{{json .Mounts}}"])
+            .arg(format!("sandbox-{}-account", bed.sandbox))
+            .output()?;
+        let mounts: serde_json::Value = serde_json::from_slice(&mounts.stdout)?;
+        let source = mounts
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["Destination"] == MOTD))
+            .and_then(|m| m["Source"].as_str())
+            .ok_or_else(|| format!("{MOTD} is not mounted: {mounts}"))?;
+        assert_eq!(
+            std::fs::read_to_string(source)?,
+            "hello <b>file</b>\nline 2"
+        );
+
         // Everything above is in the audit trail, by this user.
         b.goto("/audit").await?;
         let trail = b.find("table").await?.text().await?;
         for action in [
             "environment_create",
+            "environment_update",
             "template_create",
+            "template_update",
             "sandbox_create",
             "route_set",
             "deployment_create",
@@ -356,6 +434,7 @@ async fn environments_templates_sandboxes_and_routes_from_the_dashboard() {
     })
     .await;
     b.close().await;
+    support::remove_sandbox_containers(&bed.sandbox);
     stop(bed).await;
 }
 
