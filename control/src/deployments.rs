@@ -37,6 +37,7 @@ use crate::ControlPlane;
 use crate::api::ApiJson;
 use crate::audit::AuditEntry;
 use crate::bus::BusError;
+use crate::changes::Topic;
 use crate::environments::{check_slug, clip};
 use crate::error::ApiError;
 use crate::model::{Deployment, DeploymentFilter, Stage, StageStatus};
@@ -268,6 +269,7 @@ impl ControlPlane {
                 &self.port_ranges(),
             )
             .await?;
+        self.changed(Topic::Sandboxes);
         tracing::info!(
             deployment = %d.id,
             sandbox = %d.sandbox,
@@ -383,6 +385,7 @@ impl ControlPlane {
         drop(permit);
         tracing::info!(deployment = %d.id, reason = %reason, "deployment not taken on");
         self.store().fail_queued(&d.id, &reason, Utc::now()).await?;
+        self.changed(Topic::Sandboxes);
         self.log_control(&d.id, &reason).await;
         self.deployment(&d.id)
             .await?
@@ -758,6 +761,7 @@ impl ControlPlane {
                 return Ok(None);
             }
         }
+        self.changed(Topic::Sandboxes);
         self.deployment(id).await
     }
 
@@ -765,6 +769,7 @@ impl ControlPlane {
         self.inner.builds.finished(id);
         self.forget_mask(id);
         self.store().delete_deployment(id).await?;
+        self.changed(Topic::Sandboxes);
         if let Err(e) = self.inner.logs.remove(id).await {
             tracing::warn!(deployment = %id, error = %e, "could not remove the deployment log");
         }

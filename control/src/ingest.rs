@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ControlPlane;
 use crate::bus::next_message;
+use crate::changes::Topic;
 use crate::storage::SeqOutcome;
 
 /// How long a replay request is given before the same gap is asked for again.
@@ -111,6 +112,9 @@ pub(crate) async fn handle(cp: &ControlPlane, subject: &str, payload: &[u8]) {
             }
             match store.apply_event(&ev, accept_gap).await {
                 Ok(outcome) => {
+                    if matches!(outcome, SeqOutcome::Applied { .. }) {
+                        cp.changed(Topic::Sandboxes);
+                    }
                     note(cp, id, ev.seq, outcome).await;
                     if matches!(outcome, SeqOutcome::Applied { .. })
                         && let EventKind::State { state, .. } = &ev.kind

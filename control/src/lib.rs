@@ -22,6 +22,7 @@
 //! | [`reconcile`] | settling queued deployments after a restart |
 //! | [`openapi`] | the machine-readable description of the API |
 //! | [`live`] | `WS /ws/deployments/{id}`: progress and log lines as JSON |
+//! | [`changes`] | "something a list shows has changed", for live list pages |
 //! | [`model`] | deployments and stages as the API shows them |
 //! | [`ingest`] | applying agents' events and log lines, in order, filling gaps |
 //! | [`storage`] | every SQL statement, behind the [`storage::Storage`] trait |
@@ -35,6 +36,7 @@
 pub mod api;
 pub mod audit;
 pub mod bus;
+pub mod changes;
 pub mod deployments;
 pub mod environments;
 pub mod error;
@@ -64,6 +66,7 @@ pub use nodes::NodeStatus;
 pub use sessions::{LoginOutcome, SESSION_COOKIE, SessionUser};
 
 use crate::bus::Bus;
+use crate::changes::{Changes, Topic};
 use crate::deployments::BuildQueue;
 use crate::ingest::GapTracker;
 use crate::logs::LogFiles;
@@ -141,6 +144,7 @@ struct Inner {
     gaps: GapTracker,
     /// Secret values to mask in each deployment's log.
     masks: std::sync::Mutex<environments::Masks>,
+    changes: Changes,
     shutdown: CancellationToken,
 }
 
@@ -168,7 +172,8 @@ impl ControlPlane {
         shutdown: CancellationToken,
     ) -> Result<ControlPlane, ControlError> {
         let secret_key = SecretKey::load_or_create(&config.data_dir.join("secrets.key"))?;
-        let nodes = NodeRegistry::default();
+        let changes = Changes::default();
+        let nodes = NodeRegistry::new(changes.clone());
 
         // Subscribe before returning, so no presence or event published after
         // `start` is missed.
@@ -198,6 +203,7 @@ impl ControlPlane {
                 builds,
                 gaps: GapTracker::default(),
                 masks: std::sync::Mutex::default(),
+                changes,
                 shutdown: shutdown.clone(),
             }),
         };
@@ -213,6 +219,16 @@ impl ControlPlane {
             gateway: self.inner.config.gateway_ports,
             micro: self.inner.config.micro_ports,
         }
+    }
+
+    /// Moves whenever something under `topic` changes (see [`changes`]).
+    pub fn changes(&self, topic: Topic) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.changes.subscribe(topic)
+    }
+
+    /// Tells live list pages to look again.
+    pub(crate) fn changed(&self, topic: Topic) {
+        self.inner.changes.fire(topic);
     }
 
     pub fn store(&self) -> &dyn Storage {

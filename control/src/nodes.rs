@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ControlPlane;
 use crate::bus::next_message;
+use crate::changes::{Changes, Topic};
 use crate::sessions::CurrentSession;
 
 /// A node counts as connected while its last presence is this recent: three
@@ -22,6 +23,7 @@ pub const CONNECTED_WITHIN: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
 #[derive(Clone, Default)]
 pub struct NodeRegistry {
     nodes: Arc<RwLock<HashMap<String, Entry>>>,
+    changes: Changes,
 }
 
 struct Entry {
@@ -42,6 +44,14 @@ pub struct NodeStatus {
 }
 
 impl NodeRegistry {
+    /// A registry that fires [`Topic::Nodes`] on `changes` at every presence.
+    pub fn new(changes: Changes) -> Self {
+        NodeRegistry {
+            nodes: Arc::default(),
+            changes,
+        }
+    }
+
     pub fn record(&self, node: &str, presence: Presence, at: DateTime<Utc>) {
         let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
         nodes.insert(
@@ -51,6 +61,9 @@ impl NodeRegistry {
                 last_seen: at,
             },
         );
+        drop(nodes);
+        // Every heartbeat moves "last seen", which the nodes page shows.
+        self.changes.fire(Topic::Nodes);
     }
 
     pub fn public_key(&self, node: &str) -> Option<String> {

@@ -17,6 +17,7 @@ use sdp_contract::{Ack, DeploymentState, ReplayRequest};
 
 use crate::ControlPlane;
 use crate::bus::BusError;
+use crate::changes::Topic;
 
 /// Pause between attempts to reach an agent that has not answered yet.
 const RETRY: Duration = Duration::from_secs(2);
@@ -37,6 +38,7 @@ pub async fn run(cp: ControlPlane) {
             if let Err(e) = cp.store().fail_queued(&d.id, NEVER_SENT, Utc::now()).await {
                 tracing::error!(deployment = %d.id, error = %e, "could not fail a deployment");
             }
+            cp.changed(Topic::Sandboxes);
             cp.log_control(&d.id, NEVER_SENT).await;
             continue;
         }
@@ -84,6 +86,7 @@ async fn replay_until_settled(cp: ControlPlane, id: String, node: String) {
                               deployment; its final state is unknown";
                 tracing::warn!(deployment = %id, node = %node, "{reason}");
                 let _ = cp.store().fail_queued(&id, reason, Utc::now()).await;
+                cp.changed(Topic::Sandboxes);
                 cp.log_control(&id, reason).await;
                 return;
             }

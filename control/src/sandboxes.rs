@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use crate::ControlPlane;
 use crate::api::ApiJson;
 use crate::audit::AuditEntry;
+use crate::changes::Topic;
 use crate::environments::{LayerBody, check_slug, clip};
 use crate::error::ApiError;
 use crate::model::{Deployment, DeploymentFilter};
@@ -551,6 +552,7 @@ impl ControlPlane {
             .store()
             .create_sandbox(&spec, &self.port_ranges())
             .await?;
+        self.changed(Topic::Sandboxes);
         self.sandbox_view(record).await
     }
 
@@ -569,6 +571,7 @@ impl ControlPlane {
             .store()
             .update_sandbox(&spec, &self.port_ranges())
             .await?;
+        self.changed(Topic::Sandboxes);
         self.clear_masks();
         self.sync_routes(Some(&current), &record);
         self.sandbox_view(record).await
@@ -609,6 +612,7 @@ impl ControlPlane {
             .store()
             .create_sandbox(&spec, &self.port_ranges())
             .await?;
+        self.changed(Topic::Sandboxes);
         self.sandbox_view(record).await
     }
 
@@ -638,6 +642,7 @@ impl ControlPlane {
                 .await?;
         }
         self.store().delete_sandbox(name).await?;
+        self.changed(Topic::Sandboxes);
         Ok(warnings)
     }
 }

@@ -495,3 +495,48 @@ async fn a_sandbox_gateway_read_off_the_page_reaches_the_sandbox_service() {
     support::remove_sandbox_containers(&bed.sandbox);
     stop(bed).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_overview_shows_a_sandbox_created_elsewhere_without_reload() {
+    let bed = Bed::start(Options::default()).await;
+    let b = Browser::start(&bed.stack.base_url(), "live_lists").await;
+    b.run(async {
+        sign_in(&b, &bed.password).await?;
+        b.wait_text("h1", PAGE, "the overview", |t| t == "Sandboxes")
+            .await?;
+        // The page is pushed to, not polled: it asks for nothing by itself.
+        let polls = b
+            .js("return document.querySelectorAll('[hx-trigger]').length;")
+            .await?;
+        assert_eq!(polls, 0, "the overview polls");
+        b.js("window.sdpNoReload = 'still here'; return null;")
+            .await?;
+
+        // Someone else (here: the API) creates a sandbox.
+        let signed_in = bed.login(&bed.password).await;
+        assert_eq!(signed_in.status(), 200);
+        let created = bed
+            .http
+            .post(bed.url("/sandboxes"))
+            .json(&serde_json::json!({"name": bed.sandbox, "gateway": {"branch": "main"}}))
+            .send()
+            .await?;
+        assert_eq!(created.status(), 201);
+        let card = b
+            .wait_text(
+                &format!("#sandbox-{}", bed.sandbox),
+                PAGE,
+                "the new sandbox",
+                |t| t.contains("main"),
+            )
+            .await?;
+        assert!(card.contains(&bed.sandbox), "{card}");
+        let marker = b.js("return window.sdpNoReload || null;").await?;
+        assert_eq!(marker, "still here", "the page reloaded");
+        b.shot("sandbox-appeared").await?;
+        Ok(())
+    })
+    .await;
+    b.close().await;
+    stop(bed).await;
+}

@@ -6,8 +6,8 @@
 //!   rendering them.
 //! - `pages`: the handlers; they ask [`sdp_control::ControlPlane`] for data
 //!   and hand a view model to a view.
-//! - `live`: the WebSocket that keeps a deployment page current (htmx's
-//!   WebSocket extension swaps the fragments it pushes).
+//! - `live`: the WebSockets that keep a deployment page and the lists
+//!   current (htmx's WebSocket extension swaps the fragments they push).
 //! - `security`: session, CSRF and origin checks; [`assets`]: embedded files.
 //!
 //! The dashboard shares the API's session cookie, so signing in on either
@@ -108,6 +108,8 @@ fn build(web: Web) -> Router {
         )
         .route("/templates/{name}/{action}", post(pages::template_action))
         .route("/ws/live/deployments/{id}", get(live::deployment))
+        .route("/ws/live/{list}", get(live::list))
+        .route("/ws/live/sandboxes/{name}", get(live::list))
         .route("/assets/{name}", get(assets::plain))
         .route("/assets/{hash}/{name}", get(assets::hashed))
         .layer(middleware::from_fn_with_state(web.clone(), security::guard))

@@ -1,6 +1,10 @@
 //! Sandboxes: the overview (status, owner, branches, gateway URL and its QR
 //! code), one sandbox (services with deploy buttons, the routes table with a
 //! one-click toggle per service), and the form that creates one.
+//!
+//! The overview's cards and a sandbox's services table are kept current by
+//! the server (`crate::live`): the same functions render them in the page
+//! and in the fragments pushed over the WebSocket, swapped in by id.
 
 use maud::{Markup, html};
 use serde_json::Value;
@@ -109,6 +113,14 @@ pub struct SandboxesPage {
     pub error: Option<String>,
 }
 
+/// The overview's live stream.
+pub const OVERVIEW_LIVE: &str = "/ws/live/sandboxes";
+
+/// A sandbox page's live stream (its services table).
+pub fn services_live_url(sandbox: &str) -> String {
+    format!("/ws/live/sandboxes/{sandbox}")
+}
+
 pub fn overview(p: &SandboxesPage) -> Markup {
     page(
         "Sandboxes",
@@ -118,39 +130,8 @@ pub fn overview(p: &SandboxesPage) -> Markup {
             @if let Some(e) = &p.error {
                 p.error role="alert" { (e) }
             }
-            div #sandboxes hx-get="/sandboxes" hx-trigger="every 5s" hx-select="#sandboxes" hx-swap="outerHTML" {
-                @if p.sandboxes.is_empty() {
-                    p.empty.card { "No sandboxes yet." }
-                }
-                div.grid {
-                    @for s in &p.sandboxes {
-                        article.card.sandbox id={ "sandbox-" (s.name) } {
-                            h2 { a href={ "/sandboxes/" (s.name) } { (s.name) } " " (badge(&s.status)) }
-                            p.muted {
-                                "by " (s.owner)
-                                @if let Some(t) = &s.template { " · from template " (t) }
-                            }
-                            ul.branches {
-                                li { span.svc { "gateway" } " " code { (s.gateway_branch) } }
-                                @for (svc, src) in &s.services {
-                                    li {
-                                        span.svc { (svc) } " "
-                                        @match src {
-                                            Source::Branch(b) => code { (b) },
-                                            Source::Ocp => span.muted { "OCP" },
-                                        }
-                                    }
-                                }
-                            }
-                            div.gateway {
-                                a.gateway-url href=(s.gateway_url) { (s.gateway_url) }
-                                img.qr src={ "/sandboxes/" (s.name) "/qr.svg" } loading="lazy"
-                                    width="96" height="96" alt={ "QR code of " (s.gateway_url) };
-                            }
-                        }
-                    }
-                }
-            }
+            (cards(&p.sandboxes, false))
+            div #sandboxes-live hx-ext="ws" ws-connect=(OVERVIEW_LIVE) {}
             section.card {
                 h2 { "New sandbox" }
                 form #new-sandbox .stack method="post" action="/sandboxes" {
@@ -175,6 +156,46 @@ pub fn overview(p: &SandboxesPage) -> Markup {
             }
         },
     )
+}
+
+/// The overview's cards; `oob` marks them for an out-of-band swap when
+/// pushed over the live stream.
+pub fn cards(sandboxes: &[SandboxRow], oob: bool) -> Markup {
+    html! {
+        div #sandboxes hx-swap-oob=[oob.then_some("true")] {
+            @if sandboxes.is_empty() {
+                p.empty.card { "No sandboxes yet." }
+            }
+            div.grid {
+                @for s in sandboxes {
+                    article.card.sandbox id={ "sandbox-" (s.name) } {
+                        h2 { a href={ "/sandboxes/" (s.name) } { (s.name) } " " (badge(&s.status)) }
+                        p.muted {
+                            "by " (s.owner)
+                            @if let Some(t) = &s.template { " · from template " (t) }
+                        }
+                        ul.branches {
+                            li { span.svc { "gateway" } " " code { (s.gateway_branch) } }
+                            @for (svc, src) in &s.services {
+                                li {
+                                    span.svc { (svc) } " "
+                                    @match src {
+                                        Source::Branch(b) => code { (b) },
+                                        Source::Ocp => span.muted { "OCP" },
+                                    }
+                                }
+                            }
+                        }
+                        div.gateway {
+                            a.gateway-url href=(s.gateway_url) { (s.gateway_url) }
+                            img.qr src={ "/sandboxes/" (s.name) "/qr.svg" } loading="lazy"
+                                width="96" height="96" alt={ "QR code of " (s.gateway_url) };
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -257,44 +278,13 @@ pub fn detail(p: &SandboxPage) -> Markup {
             }
             section.card {
                 h2 { "Services" }
-                // Refreshes itself, so deployments show their state as they go.
-                div.scroll #services-live hx-get={ "/sandboxes/" (s.name) "?part=services" }
-                    hx-trigger="every 3s" hx-select="#services-live" hx-swap="outerHTML" {
-                    table #services {
-                        thead { tr { th { "Service" } th { "Source" } th { "Port" } th { "Latest" } th {} } }
-                        tbody {
-                            tr data-service="gateway" {
-                                td { "gateway" }
-                                td { code { (s.gateway_branch) } }
-                                td {}
-                                td { (latest_link(&p.gateway_latest)) }
-                                td {}
-                            }
-                            @for svc in &p.services {
-                                tr data-service=(svc.name) {
-                                    td { (svc.name) }
-                                    td {
-                                        @match &svc.source {
-                                            Source::Branch(b) => code { (b) },
-                                            Source::Ocp => span.muted { "OCP" },
-                                        }
-                                    }
-                                    td { @if let Some(port) = svc.port { (port) } }
-                                    td { (latest_link(&svc.latest)) }
-                                    td {
-                                        @if matches!(svc.source, Source::Branch(_)) {
-                                            form method="post" action={ "/sandboxes/" (s.name) "/deploy" } {
-                                                (csrf_field(v))
-                                                input type="hidden" name="service" value=(svc.name);
-                                                button type="submit" { "Deploy" }
-                                            }
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
+                (services(&ServicesTable {
+                    viewer: v,
+                    sandbox: s,
+                    gateway_latest: &p.gateway_latest,
+                    services: &p.services,
+                }, false))
+                div #services-stream hx-ext="ws" ws-connect=(services_live_url(&s.name)) {}
             }
             details.card {
                 summary { "Change branches" }
@@ -335,6 +325,66 @@ pub fn detail(p: &SandboxPage) -> Markup {
             }
         },
     )
+}
+
+/// What a sandbox's services table shows.
+pub struct ServicesTable<'a> {
+    pub viewer: &'a Viewer,
+    pub sandbox: &'a SandboxRow,
+    pub gateway_latest: &'a Option<(String, DeploymentState)>,
+    pub services: &'a [ServiceRow],
+}
+
+/// A sandbox's services with their latest deployment and deploy buttons;
+/// `oob` marks it for an out-of-band swap when pushed over the live stream.
+pub fn services(t: &ServicesTable, oob: bool) -> Markup {
+    html! {
+        div.scroll #services-live hx-swap-oob=[oob.then_some("true")] {
+            table #services {
+                thead { tr { th { "Service" } th { "Source" } th { "Port" } th { "Latest" } th {} } }
+                tbody {
+                    tr data-service="gateway" {
+                        td { "gateway" }
+                        td { code { (t.sandbox.gateway_branch) } }
+                        td {}
+                        td { (latest_link(t.gateway_latest)) }
+                        td {}
+                    }
+                    @for svc in t.services {
+                        tr data-service=(svc.name) {
+                            td { (svc.name) }
+                            td {
+                                @match &svc.source {
+                                    Source::Branch(b) => code { (b) },
+                                    Source::Ocp => span.muted { "OCP" },
+                                }
+                            }
+                            td { @if let Some(port) = svc.port { (port) } }
+                            td { (latest_link(&svc.latest)) }
+                            td {
+                                @if matches!(svc.source, Source::Branch(_)) {
+                                    form method="post" action={ "/sandboxes/" (t.sandbox.name) "/deploy" } {
+                                        (csrf_field(t.viewer))
+                                        input type="hidden" name="service" value=(svc.name);
+                                        button type="submit" { "Deploy" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The sandbox was deleted while its page was open.
+pub fn services_gone() -> Markup {
+    html! {
+        div.scroll #services-live hx-swap-oob="true" {
+            p.error role="alert" { "This sandbox was deleted." }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -416,6 +466,8 @@ mod tests {
             error: None,
         })
         .into_string();
+        assert!(!html.contains("hx-trigger"), "{html}");
+        assert!(html.contains(r#"ws-connect="/ws/live/sandboxes/qa-login""#));
         assert!(html.contains(r#"action="/sandboxes/qa-login/update""#));
         assert!(
             html.contains(r#"name="branch.account" value="feature/&lt;x&gt;""#),
@@ -432,5 +484,56 @@ mod tests {
         );
         assert!(html.contains(r#"href="/deployments/d-1""#));
         assert!(html.contains("http://ocp/account"));
+    }
+
+    #[test]
+    fn lists_are_pushed_to_not_polled_and_swap_by_id() {
+        let overview = overview(&SandboxesPage {
+            viewer: viewer(),
+            sandboxes: vec![],
+            repositories: vec![],
+            templates: vec![],
+            environments: vec![],
+            error: None,
+        })
+        .into_string();
+        assert!(!overview.contains("hx-trigger"), "{overview}");
+        assert!(overview.contains(r#"ws-connect="/ws/live/sandboxes""#));
+        assert!(overview.contains(r#"<div id="sandboxes"><p class="empty card">"#));
+
+        let pushed = cards(&[row()], true).into_string();
+        assert!(
+            pushed.starts_with(r#"<div id="sandboxes" hx-swap-oob="true">"#),
+            "{pushed}"
+        );
+        assert!(pushed.contains(r#"id="sandbox-qa-login""#));
+        assert!(pushed.contains("feature/&lt;x&gt;"));
+
+        let sb = row();
+        let rows = [ServiceRow {
+            name: "account".into(),
+            source: Source::Branch("main".into()),
+            port: Some(9001),
+            latest: Some(("d-2".into(), DeploymentState::Queued)),
+        }];
+        let table = ServicesTable {
+            viewer: &viewer(),
+            sandbox: &sb,
+            gateway_latest: &None,
+            services: &rows,
+        };
+        let pushed = services(&table, true).into_string();
+        assert!(
+            pushed.starts_with(r#"<div class="scroll" id="services-live" hx-swap-oob="true">"#),
+            "{pushed}"
+        );
+        assert!(pushed.contains(r#"href="/deployments/d-2""#));
+        assert!(pushed.contains(r#"name="_csrf" value="tok""#));
+        assert!(
+            !services(&table, false)
+                .into_string()
+                .contains("hx-swap-oob")
+        );
+        assert!(services_gone().into_string().contains("deleted"));
     }
 }

@@ -85,3 +85,18 @@ pub async fn gateway(nats: async_nats::Client, shutdown: CancellationToken) {
         }
     });
 }
+
+/// Sends `req` to `router` in-process; the status, headers and body.
+pub async fn send(
+    router: &axum::Router,
+    req: axum::http::Request<axum::body::Body>,
+) -> (axum::http::StatusCode, axum::http::HeaderMap, String) {
+    use tower::ServiceExt;
+    let res = router.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    let headers = res.headers().clone();
+    let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
