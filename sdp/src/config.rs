@@ -28,6 +28,11 @@ pub struct ServerSection {
     pub data_dir: PathBuf,
     /// External NATS servers (comma separated). Unset: run the embedded broker.
     pub nats_url: Option<String>,
+    /// User and password on the external NATS servers, when they require
+    /// them (user default `sdp-control`). Prefer `SDP_SERVER__NATS_PASSWORD`
+    /// in the environment over the file.
+    pub nats_user: Option<String>,
+    pub nats_password: Option<String>,
     /// Where the embedded broker listens for agents.
     #[serde(default = "default_broker_listen")]
     pub broker_listen: SocketAddr,
@@ -94,6 +99,8 @@ impl Default for ServerSection {
             listen: default_listen(),
             data_dir: default_data_dir(),
             nats_url: None,
+            nats_user: None,
+            nats_password: None,
             broker_listen: default_broker_listen(),
             micro_node: micro(),
             gateway_node: gateway(),
@@ -197,6 +204,13 @@ pub fn load(path: Option<&Path>) -> anyhow::Result<FileConfig> {
 }
 
 impl ServerSection {
+    /// Whom the control plane connects to external NATS servers as.
+    pub fn nats_credential(&self) -> Option<crate::bus_permissions::Credential> {
+        let password = self.nats_password.clone()?;
+        let user = self.nats_user.as_deref().unwrap_or("sdp-control");
+        Some(crate::bus_permissions::Credential::new(user, password))
+    }
+
     pub fn control_config(&self) -> sdp_control::ControlConfig {
         let mut c = sdp_control::ControlConfig::new(self.data_dir.clone());
         c.micro_node = self.micro_node.clone();
@@ -334,6 +348,23 @@ mod tests {
             Path::new("application/config/production/config.php")
         );
         assert_eq!(gateway.reload_command, ["apachectl", "-k", "graceful"]);
+    }
+
+    #[test]
+    fn external_nats_credentials_default_the_user_and_need_a_password() {
+        let none: ServerSection = toml_section(r#"nats_url = "nats://a:4222""#);
+        assert!(none.nats_credential().is_none());
+        let c = toml_section::<ServerSection>(r#"nats_password = "pw""#)
+            .nats_credential()
+            .unwrap();
+        assert_eq!(
+            (c.user.as_str(), c.password.as_str()),
+            ("sdp-control", "pw")
+        );
+        let c = toml_section::<ServerSection>("nats_user = \"ctl\"\nnats_password = \"pw\"")
+            .nats_credential()
+            .unwrap();
+        assert_eq!(c.user, "ctl");
     }
 
     #[test]

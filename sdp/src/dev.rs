@@ -97,6 +97,7 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
             http,
             broker: Some(broker),
             nats_url: None,
+            nats_credential: None,
             control,
             agents: vec![micro, gateway],
             bus_users: Some(crate::stack::BusUsers {

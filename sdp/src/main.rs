@@ -52,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
                     http: bind(server.listen).await?,
                     broker,
                     nats_url: server.nats_url.clone(),
+                    nats_credential: server.nats_credential(),
                     control: server.control_config(),
                     agents: Vec::new(),
                     bus_users: server.bus.as_ref().map(config::BusSection::users),

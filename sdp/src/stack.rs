@@ -135,6 +135,10 @@ pub struct StackConfig {
     pub broker: Option<TcpListener>,
     /// External NATS servers, when there is no embedded broker.
     pub nats_url: Option<String>,
+    /// Whom the control plane (and any in-process agent) connects to the
+    /// external servers as, when they require users. The embedded broker
+    /// makes its own credentials instead, see `bus_users`.
+    pub nats_credential: Option<Credential>,
     pub control: ControlConfig,
     pub agents: Vec<AgentConfig>,
     /// Require users on the embedded broker with SDP's default permission
@@ -209,7 +213,11 @@ impl Stack {
                 let url = broker.client_url();
                 (Some(broker), url)
             }
-            (None, Some(url)) => (None, url),
+            (None, Some(url)) => {
+                control_credential = config.nats_credential.clone();
+                agent_credentials.fill(config.nats_credential);
+                (None, url)
+            }
             (None, None) => anyhow::bail!("either an embedded broker or a NATS URL is needed"),
         };
         let http_addr = config.http.local_addr()?;

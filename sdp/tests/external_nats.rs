@@ -284,6 +284,46 @@ async fn deploy_survives_a_cluster_node_killed_mid_deploy() {
     }
 }
 
+/// A production nats-server requires users: `[server] nats_user` /
+/// `nats_password` reach it, and the password shows up nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_server_requiring_a_password_is_reached_with_the_configured_one() {
+    let password = "Nats-Ext-Pw-51c9-leakcheck";
+    // The server's own configuration file, outside the bed's directory, so
+    // the scan below only sees what SDP wrote.
+    let conf_dir = tempfile::tempdir().unwrap();
+    let conf = conf_dir.path().join("nats.conf");
+    std::fs::write(
+        &conf,
+        format!("authorization {{ user: sdp, password: \"{password}\" }}\n"),
+    )
+    .unwrap();
+    let nats = start(&["-c", conf.to_str().unwrap()]).await;
+    let options = Options {
+        nats_credential: Some(sdp::bus_permissions::Credential::new("sdp", password)),
+        ..Options::default()
+    };
+    let bed = Bed::start_on_nats(options, &nats.url()).await;
+    let names = client_names(&nats).await;
+    for name in ["sdp-control", "sdp-agent-micro", "sdp-agent-gateway"] {
+        assert!(names.iter().any(|n| n == name), "{name} not in {names:?}");
+    }
+    // Login is a request-reply from the control plane to the gateway
+    // agent: both are through.
+    bed.login_ok().await;
+
+    let needle = password.as_bytes();
+    let trace = std::fs::read(support::trace_log()).unwrap();
+    assert!(
+        !trace.windows(needle.len()).any(|w| w == needle),
+        "NATS password in tracing output"
+    );
+    let hits = support::files_containing(bed.dir.path(), needle);
+    assert!(hits.is_empty(), "NATS password found in {hits:?}");
+    bed.stop().await;
+    nats.kill().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn comma_separated_url_list_reaches_the_cluster() {
     let a = start(&[]).await;

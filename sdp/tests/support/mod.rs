@@ -56,6 +56,8 @@ pub struct Options {
     /// Run the embedded broker with users and SDP's permission set, and an
     /// `ops` user with this password.
     pub bus_ops_password: Option<String>,
+    /// The user external NATS servers require (see `Bed::start_on_nats`).
+    pub nats_credential: Option<sdp::bus_permissions::Credential>,
 }
 
 /// `n` consecutive ports, each free on every interface right now, from a
@@ -170,6 +172,7 @@ impl Bed {
                     None => Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
                 },
                 nats_url,
+                nats_credential: options.nats_credential.clone(),
                 control,
                 agents,
                 bus_users: options
