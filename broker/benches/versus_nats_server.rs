@@ -9,6 +9,11 @@
 //! shares a runtime with the client. Run with
 //! `cargo bench -p sdp-broker --bench versus_nats_server`; it takes about
 //! a minute. `BENCH_SCALE=0.2` shortens it.
+//!
+//! Each throughput case also prints (on stderr) both servers' CPU time and
+//! page faults per message, and the CPUs each kept busy and waited for:
+//! on a shared machine the throughput ratio also depends on the share of
+//! the CPUs each process got, the cost per message does not.
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -124,6 +129,79 @@ impl Server {
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse().ok())
             .expect("VmRSS")
+    }
+
+    /// What the server process has used so far: read around a case, it
+    /// tells the cost per message apart from the share of a busy machine
+    /// the process got.
+    fn usage(&self) -> Usage {
+        let pid = self.child.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
+        // The 10th field after the parenthesised command name.
+        let faults = stat[stat.rfind(')').expect("comm") + 2..]
+            .split_whitespace()
+            .nth(7)
+            .and_then(|v| v.parse().ok())
+            .expect("minflt");
+        let mut usage = Usage {
+            faults,
+            ..Usage::default()
+        };
+        // Per thread: nanoseconds on a CPU, then waiting for one.
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .expect("proc tasks")
+            .flatten()
+        {
+            let Ok(s) = std::fs::read_to_string(task.path().join("schedstat")) else {
+                continue;
+            };
+            let mut f = s.split_whitespace().map(|v| v.parse().unwrap_or(0.0));
+            usage.cpu += f.next().unwrap_or(0.0) / 1e9;
+            usage.waiting += f.next().unwrap_or(0.0) / 1e9;
+        }
+        usage
+    }
+}
+
+/// CPU seconds, seconds runnable but waiting for a CPU (both summed over
+/// threads) and minor page faults of a server process; with `wall`, the
+/// seconds they were measured over.
+#[derive(Debug, Default, Clone, Copy)]
+struct Usage {
+    cpu: f64,
+    waiting: f64,
+    faults: f64,
+    wall: f64,
+}
+
+impl Usage {
+    fn since(self, before: Usage, started: Instant) -> Usage {
+        Usage {
+            cpu: self.cpu - before.cpu,
+            waiting: self.waiting - before.waiting,
+            faults: self.faults - before.faults,
+            wall: started.elapsed().as_secs_f64(),
+        }
+    }
+
+    fn add(&mut self, o: Usage) {
+        self.cpu += o.cpu;
+        self.waiting += o.waiting;
+        self.faults += o.faults;
+        self.wall += o.wall;
+    }
+
+    /// Per message: CPU µs and page faults; on average: CPUs used and
+    /// threads waiting for one.
+    fn describe(&self, msgs: usize) -> String {
+        let msgs = msgs as f64;
+        format!(
+            "{:.2} µs CPU/msg, {:.3} faults/msg, {:.2} CPUs busy, {:.2} waiting",
+            self.cpu * 1e6 / msgs,
+            self.faults / msgs,
+            self.cpu / self.wall,
+            self.waiting / self.wall
+        )
     }
 }
 
@@ -355,8 +433,8 @@ struct Row {
 }
 
 async fn run(scale: f64) {
-    // BENCH_ONLY=<text>: only the throughput cases whose name contains it
-    // (for profiling).
+    // BENCH_ONLY=<text>: only the throughput and latency cases whose name
+    // contains it (for profiling).
     let only = std::env::var("BENCH_ONLY").ok();
     let mut rows = Vec::new();
     // Memory first, on fresh processes.
@@ -412,14 +490,17 @@ async fn run(scale: f64) {
             let n = ((n as f64 * scale) as usize / 4).max(1000) * 4;
             let n = if subs >= 4 { n / 2 } else { n };
             let mut best = [0f64; 2];
+            let mut usage = [Usage::default(); 2];
             for _round in 0..2 {
                 for (i, s) in servers.iter().enumerate() {
+                    let (before, started) = (s.usage(), Instant::now());
                     let r = tokio::time::timeout(
                         Duration::from_secs(60),
                         throughput(s.addr, pubs, subs, size, n),
                     )
                     .await
                     .unwrap_or(0.0);
+                    usage[i].add(s.usage().since(before, started));
                     best[i] = best[i].max(r);
                 }
             }
@@ -430,11 +511,43 @@ async fn run(scale: f64) {
                 unit: "msgs/s",
                 higher_is_better: true,
             };
-            eprintln!("{} done", row.name);
+            eprintln!(
+                "{}: nats-server {}; embedded {}",
+                row.name,
+                usage[0].describe(2 * n),
+                usage[1].describe(2 * n)
+            );
             rows.push(row);
         }
     }
 
+    // Latency too with BENCH_ONLY=request.
+    let wanted = |name: &str| only.as_deref().is_none_or(|o| name.contains(o));
+    if wanted("request-reply") {
+        let rounds = (5000.0 * scale) as usize + 100;
+        let mut lat = Vec::new();
+        let mut usage = Vec::new();
+        for s in &servers {
+            let (before, started) = (s.usage(), Instant::now());
+            lat.push(latency(s.addr, rounds).await);
+            usage.push(s.usage().since(before, started));
+        }
+        eprintln!(
+            "request-reply: nats-server {}; embedded {}",
+            usage[0].describe(rounds + 200),
+            usage[1].describe(rounds + 200)
+        );
+        for (p99, name) in [(false, "p50"), (true, "p99")] {
+            let pick = |l: (f64, f64)| if p99 { l.1 } else { l.0 };
+            rows.push(Row {
+                name: format!("request-reply {name}"),
+                nats: pick(lat[0]),
+                ours: pick(lat[1]),
+                unit: "µs",
+                higher_is_better: false,
+            });
+        }
+    }
     if only.is_some() {
         for r in &rows {
             println!(
@@ -447,25 +560,6 @@ async fn run(scale: f64) {
         }
         return;
     }
-    let rounds = (5000.0 * scale) as usize + 100;
-    let mut lat = Vec::new();
-    for s in &servers {
-        lat.push(latency(s.addr, rounds).await);
-    }
-    rows.push(Row {
-        name: "request-reply p50".into(),
-        nats: lat[0].0,
-        ours: lat[1].0,
-        unit: "µs",
-        higher_is_better: false,
-    });
-    rows.push(Row {
-        name: "request-reply p99".into(),
-        nats: lat[0].1,
-        ours: lat[1].1,
-        unit: "µs",
-        higher_is_better: false,
-    });
 
     println!();
     println!("| case | nats-server 2.9.10 | embedded | ratio (embedded / nats-server) |");

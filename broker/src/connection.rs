@@ -4,21 +4,24 @@
 //! Routing happens on the publisher's reader task: it looks the subject up
 //! (in a per-connection result cache validated by the sublist generation,
 //! so the shared sublist lock is only taken after a subscription change),
-//! and appends one `MSG` frame per receiving subscription straight into
-//! the receiver's outbound buffer (a short per-receiver mutex, no
-//! allocation per message). The receiver's writer task swaps the buffer
-//! out and writes it in one go. A receiver whose buffered bytes exceed
+//! and formats one `MSG` frame per receiving subscription into a staging
+//! buffer per receiver, handed over once per read batch (a short
+//! per-receiver mutex, no allocation per message, large batches handed
+//! over without a copy). The receiver's writer task takes the queued
+//! chunks and writes them with vectored writes. A receiver whose buffered bytes exceed
 //! `max_pending` is closed as a slow consumer; a publisher never waits for
 //! a receiver.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::io::IoSlice;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use parking_lot::Mutex;
 use rand::Rng;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -58,15 +61,81 @@ const MATCH_CACHE_SIZE: usize = 1024;
 const KEEP_BUFFER: usize = 64 * 1024;
 /// How long a connection must be quiet before its buffers shrink.
 const IDLE_SHRINK: Duration = Duration::from_secs(1);
-/// A writer buffer larger than this is dropped right after use.
-const MAX_KEEP_BUFFER: usize = 16 * 1024 * 1024;
+/// Chunks passed to one vectored write.
+const MAX_IOV: usize = 64;
+/// Chunks smaller than this are copied into a receiver's queue.
+const COPY_BELOW: usize = STAGE_CHUNK / 4;
 
 /// Bytes waiting for a client's writer, with its outbound counters.
+///
+/// Publishers hand over their batches as chunks, which queue as they are:
+/// when several publishers feed one receiver, appending their batches to
+/// one growing buffer copied every message a second time and kept
+/// reallocating (and page-faulting) that buffer, where a queue of chunks
+/// costs a pointer per batch (nats-server keeps a list of buffers too).
 #[derive(Debug, Default)]
 struct OutBuf {
-    buf: BytesMut,
+    /// Chunks handed over whole, in order.
+    chunks: VecDeque<Bytes>,
+    /// Bytes in `chunks`.
+    chunked: usize,
+    /// Frames queued one at a time (PONG, errors, a client's own
+    /// messages); they follow `chunks`.
+    tail: BytesMut,
     msgs: u64,
     bytes: u64,
+}
+
+impl OutBuf {
+    fn len(&self) -> usize {
+        self.chunked + self.tail.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Queues `chunk` after everything already queued.
+    fn push_chunk(&mut self, chunk: Bytes) {
+        if chunk.len() < COPY_BELOW {
+            // Queued as is, a small chunk would keep its publisher's whole
+            // staging buffer alive (a slow receiver of small batches could
+            // pin many times its pending bytes); copying it is cheap.
+            self.tail.extend_from_slice(&chunk);
+            self.tail_written();
+            return;
+        }
+        self.seal_tail();
+        self.chunked += chunk.len();
+        self.chunks.push_back(chunk);
+    }
+
+    /// Called after appending to `tail`: a long tail is queued as a chunk
+    /// and a new one started, so it is never reallocated and copied
+    /// beyond [`STAGE_CHUNK`].
+    fn tail_written(&mut self) {
+        if self.tail.len() >= STAGE_CHUNK {
+            self.seal_tail();
+        }
+    }
+
+    /// Moves the frames queued one at a time to the chunk queue, so what
+    /// comes next is ordered after them.
+    fn seal_tail(&mut self) {
+        if !self.tail.is_empty() {
+            let tail = self.tail.split().freeze();
+            self.chunked += tail.len();
+            self.chunks.push_back(tail);
+        }
+    }
+
+    /// Moves everything queued to the empty `batch`; returns its bytes.
+    fn take(&mut self, batch: &mut VecDeque<Bytes>) -> usize {
+        debug_assert!(batch.is_empty());
+        self.seal_tail();
+        std::mem::swap(&mut self.chunks, batch);
+        std::mem::take(&mut self.chunked)
+    }
 }
 
 /// Connection metadata for monitoring, filled at CONNECT.
@@ -114,7 +183,7 @@ impl Outbound {
             return false;
         }
         let mut out = self.out.lock();
-        let pending = out.buf.len() + self.in_flight.load(Ordering::Relaxed) + len;
+        let pending = out.len() + self.in_flight.load(Ordering::Relaxed) + len;
         if pending > self.max_pending {
             drop(out);
             if !self.slow.swap(true, Ordering::AcqRel) {
@@ -128,8 +197,9 @@ impl Outbound {
             self.closing.cancel();
             return false;
         }
-        let was_empty = out.buf.is_empty();
-        write(&mut out.buf);
+        let was_empty = out.is_empty();
+        write(&mut out.tail);
+        out.tail_written();
         drop(out);
         if was_empty {
             self.notify.notify_one();
@@ -157,25 +227,25 @@ impl Outbound {
         count: bool,
     ) -> Option<bool> {
         let hlen = headers.map_or(0, <[u8]>::len);
-        let len =
-            48 + subject.len() + sid.len() + reply.map_or(0, <[u8]>::len) + hlen + payload.len();
+        let len = frame_capacity(subject, sid, reply, headers, payload);
         if self.closing.is_cancelled() {
             return None;
         }
         let mut out = self.out.lock();
-        let pending = out.buf.len() + self.in_flight.load(Ordering::Relaxed) + len;
+        let pending = out.len() + self.in_flight.load(Ordering::Relaxed) + len;
         if pending > self.max_pending {
             drop(out);
             self.push(shared, len, |_| {});
             return None;
         }
-        let was_empty = out.buf.is_empty();
-        format_message(&mut out.buf, subject, sid, reply, headers, payload);
+        let was_empty = out.is_empty();
+        format_message(&mut out.tail, subject, sid, reply, headers, payload);
+        out.tail_written();
         if count {
             out.msgs += 1;
             out.bytes += (hlen + payload.len()) as u64;
         }
-        let stall = out.buf.len() + self.in_flight.load(Ordering::Relaxed) > self.stall_threshold();
+        let stall = out.len() + self.in_flight.load(Ordering::Relaxed) > self.stall_threshold();
         drop(out);
         if stall {
             self.stalling.store(true, Ordering::Relaxed);
@@ -206,7 +276,7 @@ impl Outbound {
 
     /// Bytes queued for this client.
     pub fn pending_bytes(&self) -> usize {
-        self.out.lock().buf.len() + self.in_flight.load(Ordering::Relaxed)
+        self.out.lock().len() + self.in_flight.load(Ordering::Relaxed)
     }
 }
 
@@ -300,9 +370,42 @@ fn deliver(
 #[derive(Debug)]
 struct Staged {
     client: Arc<Outbound>,
+    /// Frames cut off `buf` when it ran out of room, in order.
+    full: Vec<Bytes>,
+    /// Where the next frames go; its filled part is handed over as a
+    /// chunk, its spare room kept for the next batch.
     buf: BytesMut,
+    /// Bytes in `full` and `buf`.
+    len: usize,
     msgs: u64,
     bytes: u64,
+}
+
+impl Staged {
+    /// Makes room in `buf` for a frame of at most `len` bytes without
+    /// moving what is already there: a full buffer is cut off as a chunk
+    /// and writing continues in reclaimed or new memory.
+    fn reserve(&mut self, len: usize) {
+        if self.buf.capacity() - self.buf.len() >= len {
+            return;
+        }
+        if !self.buf.is_empty() {
+            self.full.push(self.buf.split().freeze());
+        }
+        // Memory whose chunks were all written is reused as is.
+        if !self.buf.try_reclaim(len) {
+            // Small fan-outs of small messages reserve little; a busy
+            // receiver soon gets whole chunks.
+            let size = (2 * self.len + STAGE_FIRST).min(STAGE_CHUNK);
+            self.buf = BytesMut::with_capacity(size.max(len));
+        }
+    }
+
+    /// The staged frames as chunks, in order.
+    fn chunks(&mut self) -> impl Iterator<Item = Bytes> + '_ {
+        let last = (!self.buf.is_empty()).then(|| self.buf.split().freeze());
+        self.full.drain(..).chain(last)
+    }
 }
 
 /// A publisher's deliveries to other connections, gathered per receiver
@@ -314,14 +417,18 @@ struct Staging {
     entries: Vec<Staged>,
     index: HashMap<u64, usize, BuildHasherDefault<FxHasher>>,
     staged_bytes: usize,
+    /// Staging buffers kept between batches, with their spare room.
     pool: Vec<BytesMut>,
 }
 
 /// Staged bytes after which a publisher hands over before the batch ends.
 const STAGE_FLUSH: usize = 256 * 1024;
-/// Spare staging buffers kept between batches, and their largest size.
+/// Largest staging buffer; a frame larger than this gets its own.
+const STAGE_CHUNK: usize = 64 * 1024;
+/// First size of a new staging buffer.
+const STAGE_FIRST: usize = 4 * 1024;
+/// Staging buffers kept between batches.
 const STAGE_POOL: usize = 4;
-const STAGE_POOL_BUFFER: usize = 64 * 1024;
 
 impl Staging {
     /// Stages a message for `sub`; false if it cannot be delivered.
@@ -345,10 +452,11 @@ impl Staging {
         let idx = match self.index.get(&cid) {
             Some(&i) => i,
             None => {
-                let buf = self.pool.pop().unwrap_or_default();
                 self.entries.push(Staged {
                     client: sub.client.clone(),
-                    buf,
+                    full: Vec::new(),
+                    buf: self.pool.pop().unwrap_or_default(),
+                    len: 0,
                     msgs: 0,
                     bytes: 0,
                 });
@@ -357,11 +465,26 @@ impl Staging {
             }
         };
         let st = &mut self.entries[idx];
-        let before = st.buf.len();
-        format_message(&mut st.buf, subject, &sub.sid, reply, headers, payload);
+        let capacity = frame_capacity(subject, &sub.sid, reply, headers, payload);
+        let len = if capacity > STAGE_CHUNK {
+            if !st.buf.is_empty() {
+                st.full.push(st.buf.split().freeze());
+            }
+            let mut own = BytesMut::new();
+            format_message(&mut own, subject, &sub.sid, reply, headers, payload);
+            let len = own.len();
+            st.full.push(own.freeze());
+            len
+        } else {
+            st.reserve(capacity);
+            let before = st.buf.len();
+            format_message(&mut st.buf, subject, &sub.sid, reply, headers, payload);
+            st.buf.len() - before
+        };
+        st.len += len;
         st.msgs += 1;
         st.bytes += (headers.map_or(0, <[u8]>::len) + payload.len()) as u64;
-        self.staged_bytes += st.buf.len() - before;
+        self.staged_bytes += len;
         true
     }
 
@@ -379,25 +502,24 @@ impl Staging {
             return;
         }
         for mut st in self.entries.drain(..) {
-            let client = &st.client;
-            let len = st.buf.len();
+            let client = st.client.clone();
             let mut out = client.out.lock();
             let in_flight = client.in_flight.load(Ordering::Relaxed);
-            if client.closing.is_cancelled() || out.buf.len() + in_flight + len > client.max_pending
+            if client.closing.is_cancelled() || out.len() + in_flight + st.len > client.max_pending
             {
                 drop(out);
                 // Marks the slow consumer and closes it.
-                client.push(shared, len, |_| {});
+                client.push(shared, st.len, |_| {});
+                st.full.clear();
+                st.buf.clear();
             } else {
-                let was_empty = out.buf.is_empty();
-                if was_empty {
-                    std::mem::swap(&mut out.buf, &mut st.buf);
-                } else {
-                    out.buf.extend_from_slice(&st.buf);
+                let was_empty = out.is_empty();
+                for chunk in st.chunks() {
+                    out.push_chunk(chunk);
                 }
                 out.msgs += st.msgs;
                 out.bytes += st.bytes;
-                let stall = out.buf.len() + in_flight > client.stall_threshold();
+                let stall = out.len() + in_flight > client.stall_threshold();
                 drop(out);
                 if was_empty {
                     client.notify.notify_one();
@@ -406,8 +528,7 @@ impl Staging {
                     stalled.push(client.clone());
                 }
             }
-            st.buf.clear();
-            if self.pool.len() < STAGE_POOL && st.buf.capacity() <= STAGE_POOL_BUFFER {
+            if self.pool.len() < STAGE_POOL {
                 self.pool.push(st.buf);
             }
         }
@@ -425,6 +546,22 @@ fn note_stall(stalled: &mut Vec<Arc<Outbound>>, sub: &Subscription) {
     }
 }
 
+/// Room enough for the frame of a message: its parts plus the verb,
+/// separators and sizes.
+fn frame_capacity(
+    subject: &[u8],
+    sid: &[u8],
+    reply: Option<&[u8]>,
+    headers: Option<&[u8]>,
+    payload: &[u8],
+) -> usize {
+    48 + subject.len()
+        + sid.len()
+        + reply.map_or(0, <[u8]>::len)
+        + headers.map_or(0, <[u8]>::len)
+        + payload.len()
+}
+
 fn format_message(
     buf: &mut BytesMut,
     subject: &[u8],
@@ -434,9 +571,7 @@ fn format_message(
     payload: &[u8],
 ) {
     let hlen = headers.map_or(0, <[u8]>::len);
-    buf.reserve(
-        48 + subject.len() + sid.len() + reply.map_or(0, <[u8]>::len) + hlen + payload.len(),
-    );
+    buf.reserve(frame_capacity(subject, sid, reply, headers, payload));
     buf.put_slice(if headers.is_some() { b"HMSG " } else { b"MSG " });
     buf.put_slice(subject);
     buf.put_u8(b' ');
@@ -1185,20 +1320,23 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     shutdown: CancellationToken,
     write_deadline: Duration,
 ) {
-    let mut spare = BytesMut::new();
+    let mut batch = VecDeque::new();
     'outer: loop {
         // Buffers grown by a burst are kept while traffic flows (no
         // reallocation per batch) and given back after a quiet second.
-        let big = spare.capacity() > KEEP_BUFFER || out.out.lock().buf.capacity() > KEEP_BUFFER;
+        let big = batch.capacity() > MAX_IOV || out.out.lock().tail.capacity() > KEEP_BUFFER;
         tokio::select! {
             biased;
             _ = out.closing.cancelled() => break,
             _ = out.notify.notified() => {}
             _ = tokio::time::sleep(IDLE_SHRINK), if big => {
-                spare = BytesMut::new();
+                batch = VecDeque::new();
                 let mut o = out.out.lock();
-                if o.buf.is_empty() {
-                    o.buf = BytesMut::new();
+                if o.tail.is_empty() {
+                    o.tail = BytesMut::new();
+                }
+                if o.chunks.is_empty() {
+                    o.chunks = VecDeque::new();
                 }
                 continue;
             }
@@ -1206,15 +1344,15 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         loop {
             {
                 let mut o = out.out.lock();
-                if o.buf.is_empty() {
+                if o.is_empty() {
                     break;
                 }
-                std::mem::swap(&mut o.buf, &mut spare);
-                out.in_flight.store(spare.len(), Ordering::Relaxed);
+                let len = o.take(&mut batch);
+                out.in_flight.store(len, Ordering::Relaxed);
             }
             let written = tokio::select! {
                 _ = shutdown.cancelled() => break 'outer,
-                r = tokio::time::timeout(write_deadline, wr.write_all(&spare)) => r,
+                r = tokio::time::timeout(write_deadline, write_chunks(&mut wr, &mut batch)) => r,
             };
             match written {
                 Ok(Ok(())) => {}
@@ -1236,32 +1374,60 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             }
             out.in_flight.store(0, Ordering::Relaxed);
             out.drained.notify_waiters();
-            spare.clear();
-            if spare.capacity() > MAX_KEEP_BUFFER {
-                spare = BytesMut::new();
-            }
         }
     }
 
     // Best effort: whatever was queued before the close (typically the
     // final -ERR, or messages accepted before a shutdown) goes out, within
     // a short deadline. A slow consumer gets nothing more.
-    let rest = if out.slow.load(Ordering::Acquire) {
-        BytesMut::new()
-    } else {
-        std::mem::take(&mut out.out.lock().buf)
-    };
+    if !out.slow.load(Ordering::Acquire) {
+        let mut rest = VecDeque::new();
+        out.out.lock().take(&mut rest);
+        batch.append(&mut rest);
+    }
     let flush = async {
-        if !spare.is_empty() {
-            wr.write_all(&spare).await?;
-        }
-        if !rest.is_empty() {
-            wr.write_all(&rest).await?;
-        }
+        write_chunks(&mut wr, &mut batch).await?;
         wr.flush().await?;
         wr.shutdown().await
     };
     let _ = tokio::time::timeout(CLOSE_FLUSH_DEADLINE, flush).await;
+}
+
+/// Writes `chunks` front to back, several per system call, dropping each
+/// once written; what is left after an error or a cancellation is exactly
+/// what was not written.
+async fn write_chunks<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    chunks: &mut VecDeque<Bytes>,
+) -> std::io::Result<()> {
+    while !chunks.is_empty() {
+        // The slices are built on each poll, so they take no room in the
+        // writer task while it waits.
+        let mut n = std::future::poll_fn(|cx| {
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let k = chunks.len().min(MAX_IOV);
+            for (slot, chunk) in iov.iter_mut().zip(chunks.iter()) {
+                *slot = IoSlice::new(chunk);
+            }
+            Pin::new(&mut *wr).poll_write_vectored(cx, &iov[..k])
+        })
+        .await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let Some(front) = chunks.front_mut() else {
+                break;
+            };
+            if n < front.len() {
+                front.advance(n);
+                break;
+            }
+            n -= front.len();
+            chunks.pop_front();
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1278,6 +1444,97 @@ mod tests {
         let mut b = BytesMut::new();
         format_message(&mut b, subject, sid, reply, headers, payload);
         b.to_vec()
+    }
+
+    /// Takes at most `max` bytes per write, vectored or not.
+    struct Trickle {
+        out: Vec<u8>,
+        max: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(self.max - n);
+                self.out.extend_from_slice(&b[..take]);
+                n += take;
+            }
+            std::task::Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn chunks_go_out_whole_and_in_order_across_partial_writes() {
+        let chunks: VecDeque<Bytes> = (0..200u8)
+            .map(|i| Bytes::from(vec![i; usize::from(i % 7) * 3 + 1]))
+            .collect();
+        let want: Vec<u8> = chunks.iter().flatten().copied().collect();
+        for max in [1, 5, 64, 100_000] {
+            let mut w = Trickle {
+                out: Vec::new(),
+                max,
+            };
+            let mut left = chunks.clone();
+            write_chunks(&mut w, &mut left).await.expect("write");
+            assert!(left.is_empty());
+            assert_eq!(w.out, want, "at most {max} bytes per write");
+        }
+    }
+
+    #[test]
+    fn single_frames_and_chunks_keep_their_order() {
+        let mut o = OutBuf::default();
+        let big = |b: u8| Bytes::from(vec![b; COPY_BELOW]);
+        let mut want = Vec::new();
+        o.tail.extend_from_slice(b"a");
+        o.push_chunk(big(b'b'));
+        o.push_chunk(Bytes::from_static(b"c"));
+        o.tail.extend_from_slice(b"d");
+        o.push_chunk(Bytes::new());
+        o.push_chunk(big(b'e'));
+        o.push_chunk(big(b'f'));
+        o.tail.extend_from_slice(b"g");
+        for part in [&b"a"[..], &big(b'b'), b"cd", &big(b'e'), &big(b'f'), b"g"] {
+            want.extend_from_slice(part);
+        }
+        assert_eq!(o.len(), want.len());
+        let mut batch = VecDeque::new();
+        assert_eq!(o.take(&mut batch), want.len());
+        assert!(o.is_empty());
+        assert!(batch.iter().all(|c| !c.is_empty()));
+        let all: Vec<u8> = batch.iter().flatten().copied().collect();
+        assert_eq!(all, want);
     }
 
     #[test]

@@ -457,3 +457,101 @@ async fn graceful_shutdown_delivers_accepted_messages() {
         .expect("stopped in time")
         .expect("join");
 }
+
+/// Frames of every size reach each subscriber intact and in each
+/// publisher's order when several publishers feed the same receivers at
+/// once (their batches queue as separate chunks) and a receiver's own
+/// messages, queued apart, are mixed in.
+#[tokio::test]
+async fn concurrent_publishers_keep_frames_whole_and_in_order() {
+    const PUBLISHERS: usize = 3;
+    const EACH: usize = 40;
+    // Around the staging buffer sizes (4 KiB first, 64 KiB largest).
+    const SIZES: [usize; 8] = [0, 5, 1000, 4000, 70_000, 200_000, 16, 65_000];
+    let message = |p: usize, i: usize| {
+        let size = SIZES[(i + p) % SIZES.len()];
+        let fill = b'a' + ((p * 7 + i) % 26) as u8;
+        (size, fill)
+    };
+    let (broker, _shutdown) = start().await;
+    let mut clients = Vec::new();
+    for p in 0..=PUBLISHERS {
+        // The last client only subscribes; the first both subscribes and
+        // publishes.
+        let sub = if p == 0 || p == PUBLISHERS {
+            "SUB mix.* 1\r\n"
+        } else {
+            ""
+        };
+        let mut c = Raw::connect(&broker, &format!("CONNECT {{\"verbose\":false}}\r\n{sub}")).await;
+        c.ping().await;
+        clients.push(c);
+    }
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(p, c)| {
+            tokio::spawn(async move {
+                let Raw { mut rd, mut wr, .. } = c;
+                let publish = async {
+                    if p == PUBLISHERS {
+                        return;
+                    }
+                    let mut out = Vec::new();
+                    for i in 0..EACH {
+                        let (size, fill) = message(p, i);
+                        out.extend_from_slice(format!("PUB mix.{p} {size}\r\n").as_bytes());
+                        out.resize(out.len() + size, fill);
+                        out.extend_from_slice(b"\r\n");
+                    }
+                    wr.write_all(&out).await.expect("publish");
+                };
+                let receive = async {
+                    let mut got = vec![Vec::new(); PUBLISHERS];
+                    if p != 0 && p != PUBLISHERS {
+                        return got;
+                    }
+                    let mut line = String::new();
+                    let mut count = 0;
+                    while count < PUBLISHERS * EACH {
+                        line.clear();
+                        let read = tokio::time::timeout(WAIT, rd.read_line(&mut line));
+                        read.await.expect("frame in time").expect("read");
+                        // A server PING on a slow machine.
+                        if line == "PING\r\n" {
+                            continue;
+                        }
+                        count += 1;
+                        let parts: Vec<&str> = line.trim_end().split(' ').collect();
+                        assert_eq!(parts.len(), 4, "{line:?}");
+                        let from: usize = parts[1]["mix.".len()..].parse().expect("publisher");
+                        let size: usize = parts[3].parse().expect("size");
+                        let mut body = vec![0; size + 2];
+                        rd.read_exact(&mut body).await.expect("body");
+                        assert!(body.ends_with(b"\r\n"));
+                        let fill = body.first().copied().filter(|_| size > 0);
+                        assert!(body[..size].iter().all(|b| Some(*b) == fill));
+                        got[from].push((size, fill));
+                    }
+                    got
+                };
+                tokio::join!(publish, receive).1
+            })
+        })
+        .collect();
+    for (p, t) in tasks.into_iter().enumerate() {
+        let got = t.await.expect("client");
+        if p != 0 && p != PUBLISHERS {
+            continue;
+        }
+        for (from, frames) in got.iter().enumerate() {
+            let want: Vec<_> = (0..EACH)
+                .map(|i| {
+                    let (size, fill) = message(from, i);
+                    (size, (size > 0).then_some(fill))
+                })
+                .collect();
+            assert_eq!(frames, &want, "client {p}, publisher {from}");
+        }
+    }
+}
