@@ -327,9 +327,9 @@ async fn rejected_credentials_fail_at_git_fetch_without_hanging() {
     );
     let agent = micro(&nats, &repos).await;
     let request = agent.deploy_request("d-auth", &sandbox_name("au"), "main", 9001);
-    let started = std::time::Instant::now();
-    let d = agent.deploy(&request).await;
-    assert!(started.elapsed() < Duration::from_secs(20));
+    let d = tokio::time::timeout(Duration::from_secs(60), agent.deploy(&request))
+        .await
+        .expect("git fetch waited for a prompt");
     assert_eq!(
         d.stage_trail(),
         ["started:git fetch", "failed:git fetch", "state:FAILED"],
@@ -436,9 +436,9 @@ async fn shutdown_mid_deployment_ends_it_failed_and_kills_git() {
             break;
         }
     }
-    let started = std::time::Instant::now();
-    agent.stop().await;
-    assert!(started.elapsed() < Duration::from_secs(10));
+    tokio::time::timeout(Duration::from_secs(30), agent.stop())
+        .await
+        .expect("stopping waited for git instead of cancelling it");
     let rest = collect(&mut sub, Duration::from_secs(10)).await;
     assert_eq!(
         rest.stage_trail(),
