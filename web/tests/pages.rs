@@ -6,43 +6,19 @@
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use sdp_control::{ControlConfig, ControlPlane};
+use sdp_control::ControlPlane;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-async fn control() -> (
-    sdp_testbed::NatsServer,
-    tempfile::TempDir,
-    CancellationToken,
-    ControlPlane,
-) {
-    let nats = sdp_testbed::NatsServer::start(&[])
-        .await
-        .expect("nats-server must be installed");
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let shutdown = CancellationToken::new();
-    let cp = ControlPlane::start(
-        client,
-        ControlConfig::new(data.path().to_path_buf()),
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
-    (nats, data, shutdown, cp)
-}
+mod support;
+use support::send;
 
-async fn send(
-    router: &axum::Router,
-    req: Request<Body>,
-) -> (StatusCode, header::HeaderMap, String) {
-    let res = router.clone().oneshot(req).await.unwrap();
-    let status = res.status();
-    let headers = res.headers().clone();
-    let body = axum::body::to_bytes(res.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    (status, headers, String::from_utf8(body.to_vec()).unwrap())
+/// The control plane and what the tests use of it; the first element keeps
+/// nats-server and the data directory alive.
+async fn control() -> (support::Control, CancellationToken, ControlPlane) {
+    let c = support::control().await;
+    let (shutdown, cp) = (c.shutdown.clone(), c.cp.clone());
+    (c, shutdown, cp)
 }
 
 fn get(path: &str) -> Request<Body> {
@@ -51,7 +27,7 @@ fn get(path: &str) -> Request<Body> {
 
 #[tokio::test]
 async fn without_a_session_pages_redirect_to_login() {
-    let (_nats, _data, shutdown, cp) = control().await;
+    let (_control, shutdown, cp) = control().await;
     let router = sdp_web::router(cp);
     for path in ["/", "/deployments/some-id"] {
         let (status, headers, _) = send(&router, get(path)).await;
@@ -66,7 +42,7 @@ async fn without_a_session_pages_redirect_to_login() {
 
 #[tokio::test]
 async fn a_failed_sign_in_shows_the_form_again_with_the_reason() {
-    let (_nats, _data, shutdown, cp) = control().await;
+    let (_control, shutdown, cp) = control().await;
     let router = sdp_web::router(cp);
     let req = Request::post("/login")
         .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
@@ -101,7 +77,7 @@ async fn a_failed_sign_in_shows_the_form_again_with_the_reason() {
 
 #[tokio::test]
 async fn assets_are_embedded_and_cached_by_content_hash() {
-    let (_nats, _data, shutdown, cp) = control().await;
+    let (_control, shutdown, cp) = control().await;
     let router = sdp_web::router(cp);
     let url = sdp_web::assets::url("app.css");
     let (status, headers, body) = send(&router, get(&url)).await;
@@ -146,7 +122,7 @@ async fn assets_are_embedded_and_cached_by_content_hash() {
 
 #[tokio::test]
 async fn responses_are_compressed_and_carry_a_strict_csp() {
-    let (_nats, _data, shutdown, cp) = control().await;
+    let (_control, shutdown, cp) = control().await;
     let router = sdp_web::router(cp);
     let req = Request::get(sdp_web::assets::url("htmx.min.js"))
         .header(header::ACCEPT_ENCODING, "gzip")
@@ -174,7 +150,7 @@ async fn responses_are_compressed_and_carry_a_strict_csp() {
 
 #[tokio::test]
 async fn state_changes_need_a_session_and_the_same_origin() {
-    let (_nats, _data, shutdown, cp) = control().await;
+    let (_control, shutdown, cp) = control().await;
     let router = sdp_web::router(cp);
     let post = |path: &str, origin: Option<&str>| {
         let mut b = Request::post(path)
@@ -222,7 +198,7 @@ async fn state_changes_need_a_session_and_the_same_origin() {
 
 #[tokio::test]
 async fn the_dashboard_merges_with_the_api_router() {
-    let (_nats, _data, shutdown, cp) = control().await;
+    let (_control, shutdown, cp) = control().await;
     let router = cp.api_router().merge(sdp_web::router(cp.clone()));
     let (status, headers, _) = send(&router, get("/")).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
