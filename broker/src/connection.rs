@@ -64,7 +64,7 @@ const IDLE_SHRINK: Duration = Duration::from_secs(1);
 /// Chunks passed to one vectored write.
 const MAX_IOV: usize = 64;
 /// Chunks smaller than this are copied into a receiver's queue.
-const COPY_BELOW: usize = STAGE_CHUNK / 4;
+const COPY_BELOW: usize = STAGE_CHUNK / 2;
 
 /// Bytes waiting for a client's writer, with its outbound counters.
 ///
@@ -100,7 +100,8 @@ impl OutBuf {
         if chunk.len() < COPY_BELOW {
             // Queued as is, a small chunk would keep its publisher's whole
             // staging buffer alive (a slow receiver of small batches could
-            // pin many times its pending bytes); copying it is cheap.
+            // pin many times its pending bytes; this way at most twice, as
+            // with a doubling buffer); copying it is cheap.
             self.tail.extend_from_slice(&chunk);
             self.tail_written();
             return;
