@@ -104,7 +104,12 @@ pub struct TemplateView {
 pub struct SandboxView {
     pub name: String,
     pub template: Option<String>,
+    /// The environment the sandbox's deployments get: its own, or else its
+    /// template's (which it follows until it names one).
     pub environment: Option<String>,
+    /// Where `environment` comes from, in the layered view's words:
+    /// `sandbox {name}` or `template {name}`.
+    pub environment_from: Option<String>,
     pub gateway: Value,
     pub services: BTreeMap<String, Value>,
     /// `created` (never deployed), `deploying`, `running`, `failed` or
@@ -407,6 +412,14 @@ impl ControlPlane {
     }
 
     async fn sandbox_view(&self, s: SandboxRecord) -> Result<SandboxView, ApiError> {
+        let (environment, environment_from) = match (&s.environment, &s.template) {
+            (Some(e), _) => (Some(e.clone()), Some(format!("sandbox {}", s.name))),
+            (None, Some(t)) => match self.store().template(t).await?.and_then(|t| t.environment) {
+                Some(e) => (Some(e), Some(format!("template {t}"))),
+                None => (None, None),
+            },
+            (None, None) => (None, None),
+        };
         let history = self
             .deployments(&DeploymentFilter {
                 sandbox: Some(s.name.clone()),
@@ -440,7 +453,8 @@ impl ControlPlane {
                 .collect(),
             name: s.name,
             template: s.template,
-            environment: s.environment,
+            environment,
+            environment_from,
             variables: s.layer.variables,
             secrets: s.layer.secrets.into_keys().collect(),
             files: s.layer.files,

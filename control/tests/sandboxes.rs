@@ -113,6 +113,9 @@ async fn environment_template_sandbox_deploy_routes_and_audit_end_to_end() {
         )
         .await;
     assert_eq!(sb["template"], "login-flow");
+    // It follows the template's environment, and says so.
+    assert_eq!(sb["environment"], "staging");
+    assert_eq!(sb["environment_from"], "template login-flow");
     assert_eq!(sb["gateway"], json!({"branch": "main", "port": 8080}));
     assert_eq!(sb["services"]["eredar"]["port"], 9001);
     assert_eq!(sb["services"]["eredar"]["branch"], "feature/login");
