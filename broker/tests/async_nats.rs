@@ -1,6 +1,6 @@
 //! The broker against the real `async-nats` client.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::{HeaderMap, Message, RequestErrorKind, Subscriber};
 use bytes::Bytes;
@@ -206,17 +206,13 @@ async fn no_responders_is_prompt() {
         .connect(broker.client_url())
         .await
         .expect("connect");
-    let started = Instant::now();
+    // Prompt without a clock: with a 30 s request timeout, only the
+    // broker's 503 can make this NoResponders rather than TimedOut.
     let err = client
         .request("nobody.home", "anyone?".into())
         .await
         .expect_err("nobody serves this subject");
     assert_eq!(err.kind(), RequestErrorKind::NoResponders);
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "no-responders took {:?}",
-        started.elapsed()
-    );
 
     // With headers too, and the mux inbox still works afterwards.
     let err = client
