@@ -66,20 +66,31 @@
 //! # }
 //! ```
 
-pub mod auth;
-mod connection;
+// The pure core: no I/O, built with or without the server.
 pub mod error;
-pub mod flags;
-pub mod monitoring;
 pub mod parser;
-pub mod server;
 pub mod subject;
 pub mod sublist;
+
+#[cfg(feature = "server")]
+pub mod auth;
+#[cfg(feature = "server")]
+mod connection;
+#[cfg(feature = "server")]
+pub mod flags;
+#[cfg(feature = "server")]
+pub mod monitoring;
+#[cfg(feature = "server")]
+pub mod server;
+#[cfg(feature = "server")]
 pub mod tls;
 
+#[cfg(feature = "server")]
 pub use auth::{Authorization, Permissions, ResponsePermission, SubjectPermission, User, Users};
 pub use error::{BrokerError, ProtocolError};
 pub use parser::{ClientOp, ConnectOptions, OpRef, Parser, ParserLimits, PubRef};
+#[cfg(feature = "server")]
 pub use server::{Broker, BrokerConfig, BrokerHandle, SERVER_VERSION};
 pub use sublist::{Sublist, SublistResult};
+#[cfg(feature = "server")]
 pub use tls::TlsConfig;
