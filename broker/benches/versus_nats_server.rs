@@ -46,10 +46,8 @@ fn main() {
 
 /// The embedded broker alone in this process, until killed.
 fn run_child(port: u16) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    // The runtime `sdp broker` and `sdp server` run on.
+    let rt = sdp_broker::runtime().expect("runtime");
     rt.block_on(async move {
         // A deep accept queue like nats-server's (Go uses somaxconn).
         let socket = tokio::net::TcpSocket::new_v4().expect("socket");

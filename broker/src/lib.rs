@@ -90,7 +90,7 @@ pub use auth::{Authorization, Permissions, ResponsePermission, SubjectPermission
 pub use error::{BrokerError, ProtocolError};
 pub use parser::{ClientOp, ConnectOptions, OpRef, Parser, ParserLimits, PubRef};
 #[cfg(feature = "server")]
-pub use server::{Broker, BrokerConfig, BrokerHandle, SERVER_VERSION};
+pub use server::{Broker, BrokerConfig, BrokerHandle, SERVER_VERSION, runtime};
 pub use sublist::{Sublist, SublistResult};
 #[cfg(feature = "server")]
 pub use tls::TlsConfig;

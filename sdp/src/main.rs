@@ -10,8 +10,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // The broker's runtime for every subcommand: `sdp server` and `sdp dev`
+    // embed the broker too.
+    sdp_broker::runtime()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let command = match Cli::parse().command {
         Command::Broker(args) => {
             // The broker alone logs like nats-server, to the -l file or stderr.
