@@ -228,7 +228,11 @@ impl Resolved {
             LogLevel::Debug => Level::DEBUG,
             LogLevel::Trace => Level::TRACE,
         };
+        // Colour only for a person at a terminal: log files and the pipes
+        // of harnesses that read "Server is ready" get plain text.
+        let ansi = self.log_file.is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr());
         let builder = tracing_subscriber::fmt()
+            .with_ansi(ansi)
             .event_format(NatsLogFormat)
             .with_max_level(level);
         let result = match &self.log_file {

@@ -34,8 +34,20 @@ impl NatsServer {
     /// the log: choosing a free port here and passing it on races with other
     /// tests doing the same.
     pub async fn start(args: &[&str]) -> Result<NatsServer, TestbedError> {
+        Self::start_as(&[NATS_SERVER], args).await
+    }
+
+    /// [`NatsServer::start`] with another program in nats-server's place
+    /// (`command` is the program and its leading arguments, e.g. `sdp
+    /// broker`): what a harness built around nats-server does when handed a
+    /// drop-in.
+    pub async fn start_as(command: &[&str], args: &[&str]) -> Result<NatsServer, TestbedError> {
+        let (program, leading) = command
+            .split_first()
+            .ok_or_else(|| TestbedError::NatsServer("no program given".into()))?;
         let monitor_port = free_port();
-        let mut child = Command::new(NATS_SERVER)
+        let mut child = Command::new(program)
+            .args(leading)
             .args(["-a", "127.0.0.1", "-p", "-1"])
             .args(args)
             .args(["-m", &monitor_port.to_string()])
@@ -44,7 +56,7 @@ impl NatsServer {
             .kill_on_drop(true)
             .spawn()
             .map_err(TestbedError::io(
-                "starting /usr/sbin/nats-server (Debian package nats-server)",
+                "starting nats-server (Debian package nats-server) or its stand-in",
             ))?;
         let stderr = child
             .stderr
@@ -92,6 +104,11 @@ impl NatsServer {
     /// The HTTP monitoring port (`/varz`, `/connz`, `/routez`).
     pub fn monitor_port(&self) -> u16 {
         self.monitor_port
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// Kills it now (SIGKILL), as a crashed node.
