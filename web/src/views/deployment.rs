@@ -148,7 +148,7 @@ pub fn render(p: &DeploymentPage) -> Markup {
                     }
                 }
                 div #log-box .logbox {
-                    pre #log { (p.log) span #log-live {} }
+                    pre #log { (p.log) div #log-live {} }
                 }
                 div #live hx-ext="ws" ws-connect=(live_url(&h.id, p.log_end)) {}
             }
@@ -216,12 +216,19 @@ pub fn head(h: &Head, oob: bool) -> Markup {
 /// First frame of a (re)connected stream: the log from where the page's
 /// copy ends up to now, replacing whatever a previous connection appended.
 pub fn log_reset(text: &str) -> Markup {
-    html! { span #log-live hx-swap-oob="true" { (text) } }
+    html! { div #log-live hx-swap-oob="true" { (chunk(text)) } }
 }
 
 /// Every later frame: only what is new.
 pub fn log_append(text: &str) -> Markup {
-    html! { span hx-swap-oob="beforeend:#log-live" { (text) } }
+    html! { div hx-swap-oob="beforeend:#log-live" { (chunk(text)) } }
+}
+
+/// Each frame's lines in a block of their own: appending to one run of text
+/// makes the browser lay out the whole log again at every frame (minutes of
+/// main-thread work for 100,000 lines), a new block costs only its own lines.
+fn chunk(text: &str) -> Markup {
+    html! { @if !text.is_empty() { div.log-chunk { (text) } } }
 }
 
 /// The deployment was deleted while the page was open.
@@ -304,7 +311,7 @@ mod tests {
         assert!(html.contains("[go build] &lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(!html.contains("<script>alert"));
         assert!(html.contains(r#"ws-connect="/ws/live/deployments/d-1?from=38""#));
-        assert!(html.contains(r#"<span id="log-live"></span>"#));
+        assert!(html.contains(r#"<div id="log-live"></div>"#));
         assert!(!html.contains("the whole log"));
     }
 
@@ -347,12 +354,16 @@ mod tests {
         );
         assert_eq!(
             log_reset("a<b\n").into_string(),
-            r#"<span id="log-live" hx-swap-oob="true">a&lt;b
-</span>"#
+            r#"<div id="log-live" hx-swap-oob="true"><div class="log-chunk">a&lt;b
+</div></div>"#
         );
         assert_eq!(
-            log_append("</span>").into_string(),
-            r#"<span hx-swap-oob="beforeend:#log-live">&lt;/span&gt;</span>"#
+            log_reset("").into_string(),
+            r#"<div id="log-live" hx-swap-oob="true"></div>"#
+        );
+        assert_eq!(
+            log_append("</div>").into_string(),
+            r#"<div hx-swap-oob="beforeend:#log-live"><div class="log-chunk">&lt;/div&gt;</div></div>"#
         );
     }
 
