@@ -9,7 +9,8 @@
 //! Run with `cargo bench -p sdp-web --bench dashboard`. The streaming part
 //! drives the same code the live WebSocket runs (the log-file cursor and the
 //! fragment views) against a log written as fast as the disk allows; the
-//! browser side of it is covered by `sdp/tests/browser.rs`.
+//! same log in a real browser, through the bus, is `cargo bench -p sdp
+//! --bench browser_log`.
 
 use std::io::Write;
 use std::time::{Duration, Instant};

@@ -771,9 +771,6 @@ pub async fn sandbox_create(
 #[serde(default)]
 pub struct MsgQuery {
     msg: String,
-    /// `services`: only the services table is wanted (the page's own
-    /// refresh), so the gateway is not asked for its routes.
-    part: String,
 }
 
 /// `GET /sandboxes/{name}`; `/sandboxes/{name}/qr.svg` is its QR code.
@@ -783,9 +780,6 @@ pub async fn sandbox(
     Path(name): Path<String>,
     Query(q): Query<MsgQuery>,
 ) -> Response {
-    // The page's own refresh wants the services table only, so the gateway
-    // is not asked for its routes every few seconds.
-    let with_routes = q.part != "services";
     sandbox_page(
         &web,
         a.viewer,
@@ -793,7 +787,6 @@ pub async fn sandbox(
         nonempty(&q.msg),
         None,
         StatusCode::OK,
-        with_routes,
     )
     .await
 }
@@ -805,18 +798,13 @@ async fn sandbox_page(
     message: Option<String>,
     error: Option<String>,
     status: StatusCode,
-    with_routes: bool,
 ) -> Response {
     let s = match web.cp.sandbox(name).await {
         Ok(s) => s,
         Err(e) => return error_page(Some(viewer), &e),
     };
     let (services, gateway_latest) = sandbox_services(web, &s).await;
-    let routes = if with_routes {
-        web.cp.routes(&s.name).await.unwrap_or_default()
-    } else {
-        Default::default()
-    };
+    let routes = web.cp.routes(&s.name).await.unwrap_or_default();
     let row = SandboxRow::from(&s);
     let page = SandboxPage {
         services,
@@ -970,7 +958,6 @@ pub async fn sandbox_action(
                 None,
                 Some(e.message().to_owned()),
                 e.status(),
-                true,
             )
             .await
         }
@@ -1028,7 +1015,6 @@ pub async fn route_toggle(
                 None,
                 Some(e.message().to_owned()),
                 e.status(),
-                true,
             )
             .await
         }
