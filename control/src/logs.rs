@@ -42,7 +42,20 @@ impl LogFiles {
 
     /// Appends `line` as `[<stage>] <line>`, one file line per line of text.
     pub async fn append(&self, id: &str, stage: &str, line: &str) -> std::io::Result<()> {
-        let text = format_lines(stage, line);
+        self.append_all(id, [(stage, line)]).await
+    }
+
+    /// Appends several `(stage, line)` in one write: a burst of a build's
+    /// output costs one open and one write, not one per line.
+    pub async fn append_all<'a>(
+        &self,
+        id: &str,
+        lines: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> std::io::Result<()> {
+        let text: String = lines
+            .into_iter()
+            .map(|(stage, line)| format_lines(stage, line))
+            .collect();
         let mut file = tokio::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -274,9 +274,17 @@ pub trait Storage: Send + Sync + 'static {
         at: DateTime<Utc>,
     ) -> StoreResult<bool>;
     async fn delete_deployment(&self, id: &str) -> StoreResult<bool>;
-    /// Records that message `seq` of deployment `id` (a log line) is taken.
-    /// A gap is refused unless `accept_gap` (the agent cannot replay it).
-    async fn advance_seq(&self, id: &str, seq: u64, accept_gap: bool) -> StoreResult<SeqOutcome>;
+    /// Records that messages `seqs` of deployment `id` (a run of log lines)
+    /// are taken, in one write. A gap before the run is refused unless
+    /// `accept_gap` (the agent cannot replay it); numbers already taken are
+    /// skipped: `Applied { previous }` means the lines after `previous` are
+    /// new.
+    async fn advance_seq(
+        &self,
+        id: &str,
+        seqs: std::ops::RangeInclusive<u64>,
+        accept_gap: bool,
+    ) -> StoreResult<SeqOutcome>;
     /// Applies one agent event: stage and deployment changes and the sequence
     /// number, in one transaction.
     async fn apply_event(&self, ev: &DeployEvent, accept_gap: bool) -> StoreResult<SeqOutcome>;

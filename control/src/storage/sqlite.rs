@@ -306,16 +306,21 @@ impl Storage for SqliteStore {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn advance_seq(&self, id: &str, seq: u64, accept_gap: bool) -> StoreResult<SeqOutcome> {
+    async fn advance_seq(
+        &self,
+        id: &str,
+        seqs: std::ops::RangeInclusive<u64>,
+        accept_gap: bool,
+    ) -> StoreResult<SeqOutcome> {
         let mut tx = self.write_tx().await?;
-        let outcome = claim_seq(&mut tx, id, seq, accept_gap).await?;
+        let outcome = claim_seqs(&mut tx, id, seqs, accept_gap).await?;
         tx.commit().await?;
         Ok(outcome)
     }
 
     async fn apply_event(&self, ev: &DeployEvent, accept_gap: bool) -> StoreResult<SeqOutcome> {
         let mut tx = self.write_tx().await?;
-        let outcome = claim_seq(&mut tx, &ev.deployment, ev.seq, accept_gap).await?;
+        let outcome = claim_seqs(&mut tx, &ev.deployment, ev.seq..=ev.seq, accept_gap).await?;
         if !matches!(outcome, SeqOutcome::Applied { .. }) {
             return Ok(outcome);
         }
@@ -1235,12 +1240,13 @@ async fn apply_event_rows(tx: &mut SqliteConnection, ev: &DeployEvent) -> StoreR
     Ok(())
 }
 
-async fn claim_seq(
+async fn claim_seqs(
     tx: &mut SqliteConnection,
     id: &str,
-    seq: u64,
+    seqs: std::ops::RangeInclusive<u64>,
     accept_gap: bool,
 ) -> Result<SeqOutcome, sqlx::Error> {
+    let (first, seq) = seqs.into_inner();
     let last: Option<i64> = sqlx::query_scalar("SELECT last_seq FROM deployments WHERE id = ?")
         .bind(id)
         .fetch_optional(&mut *tx)
@@ -1252,7 +1258,7 @@ async fn claim_seq(
     if seq <= last {
         return Ok(SeqOutcome::Duplicate { last });
     }
-    if seq > last + 1 && !accept_gap {
+    if first > last + 1 && !accept_gap {
         return Ok(SeqOutcome::Gap { last });
     }
     sqlx::query("UPDATE deployments SET last_seq = ? WHERE id = ?")
@@ -1507,7 +1513,7 @@ mod tests {
                 .unwrap(),
             SeqOutcome::Gap { last: 1 }
         );
-        store.advance_seq("d1", 2, false).await.unwrap();
+        store.advance_seq("d1", 2..=2, false).await.unwrap();
         assert_eq!(
             store
                 .apply_event(&event("d1", 3, completed), false)
@@ -1535,6 +1541,39 @@ mod tests {
         assert_eq!(d.stages[0].started_at, Some(at(1)));
         assert_eq!(d.stages[0].completed_at, Some(at(3)));
         assert_eq!(d.stages[1].status, StageStatus::Pending);
+    }
+
+    #[tokio::test]
+    async fn a_run_of_log_lines_is_taken_in_one_write_skipping_what_was_seen() {
+        let (_dir, store) = store().await;
+        store
+            .insert_deployment(&queued("d1", "qa", 9001, 0))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.advance_seq("d1", 1..=5, false).await.unwrap(),
+            SeqOutcome::Applied { previous: 0 }
+        );
+        // A replay from 3 overlaps: only 6..=8 are new.
+        assert_eq!(
+            store.advance_seq("d1", 3..=8, false).await.unwrap(),
+            SeqOutcome::Applied { previous: 5 }
+        );
+        assert_eq!(
+            store.advance_seq("d1", 2..=8, false).await.unwrap(),
+            SeqOutcome::Duplicate { last: 8 }
+        );
+        // 9 is missing: refused, unless the agent cannot replay it.
+        assert_eq!(
+            store.advance_seq("d1", 10..=12, false).await.unwrap(),
+            SeqOutcome::Gap { last: 8 }
+        );
+        assert_eq!(store.last_seq("d1").await.unwrap(), Some(8));
+        assert_eq!(
+            store.advance_seq("d1", 10..=12, true).await.unwrap(),
+            SeqOutcome::Applied { previous: 8 }
+        );
+        assert_eq!(store.last_seq("d1").await.unwrap(), Some(12));
     }
 
     #[tokio::test]
@@ -1699,7 +1738,7 @@ mod tests {
             SeqOutcome::Unknown
         );
         assert_eq!(
-            store.advance_seq("ghost", 1, false).await.unwrap(),
+            store.advance_seq("ghost", 1..=1, false).await.unwrap(),
             SeqOutcome::Unknown
         );
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM deployment_stages")
