@@ -577,7 +577,24 @@ async fn monitoring_agrees() {
         }
         let (hs, health) = http_get(http, "/healthz").await;
         let (vs, varz) = http_get(http, "/varz").await;
-        let (cs, connz) = http_get(http, "/connz").await;
+        // The subscriber has every message, but a writer may not yet have
+        // counted its last write as done (the bytes left before the counter
+        // dropped): wait until nothing is pending, as it settles.
+        let (cs, connz) = tokio::time::timeout(WAIT, async {
+            loop {
+                let (cs, connz) = http_get(http, "/connz").await;
+                let settled = connz["connections"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .all(|c| c["pending_bytes"].as_u64().unwrap_or(0) == 0)
+                });
+                if cs != 200 || settled {
+                    return (cs, connz);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("/connz never showed every write done");
         assert_eq!((hs, vs, cs), (200, 200, 200));
         docs.push((health, varz, connz));
         drop((a, b));
