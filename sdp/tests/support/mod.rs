@@ -117,28 +117,7 @@ impl Bed {
             .expect("demo repositories");
 
         let argv_log = root.join("argv.log");
-        let bin = root.join("bin");
-        std::fs::create_dir_all(&bin).unwrap();
-        let git = recording_wrapper(&bin, "git", &argv_log);
-        let go = recording_wrapper(&bin, "go", &argv_log);
-
-        let mut micro = AgentConfig::new(NodeKind::Micro, root.join("agents/micro"));
-        micro.repositories = demo.services.clone();
-        micro.work_root = root.join("worktrees");
-        micro.runtime_image = runtime_image;
-        micro.publish_host = "127.0.0.1".into();
-        micro.git_program = git.clone();
-        micro.go_program = go;
-        // One build cache for all test processes: the first build of the
-        // standard library for CGO_ENABLED=0 is the slow part.
-        micro.build_env.insert(
-            "GOCACHE".into(),
-            std::env::temp_dir()
-                .join("sdp-test-gocache")
-                .display()
-                .to_string(),
-        );
-        micro.heartbeat_interval = Duration::from_secs(1);
+        let (mut micro, mut gateway) = agent_configs(&root, &demo, runtime_image);
         if routing {
             micro.address = sdp::dev::docker_host_ip().await.expect("docker bridge");
             micro.publish_host = "0.0.0.0".into();
@@ -146,11 +125,6 @@ impl Bed {
 
         let mut agents = vec![micro];
         if !options.no_gateway {
-            let mut gateway = AgentConfig::new(NodeKind::Gateway, root.join("agents/gateway"));
-            gateway.repositories = [("erangel".to_owned(), demo.gateway.clone())].into();
-            gateway.work_root = root.join("gateway-worktrees");
-            gateway.git_program = git;
-            gateway.heartbeat_interval = Duration::from_secs(1);
             if let Some(image) = gateway_image {
                 gateway.gateway_image = image;
                 gateway.publish_host = "127.0.0.1".into();
@@ -411,6 +385,8 @@ pub fn agent_configs(
     micro.publish_host = "127.0.0.1".into();
     micro.git_program = git.clone();
     micro.go_program = go;
+    // One build cache for all test processes: the first build of the
+    // standard library for CGO_ENABLED=0 is the slow part.
     micro.build_env.insert(
         "GOCACHE".into(),
         std::env::temp_dir()
