@@ -25,6 +25,13 @@ async fn json_of(res: reqwest::Response, status: u16) -> Value {
     serde_json::from_str(&text).unwrap_or(Value::Null)
 }
 
+/// Deploys `branch` of `repository` into sandbox `qa`; the deployment's id.
+async fn deploy_to_qa(h: &Harness, cookie: &str, repository: &str, branch: &str) -> String {
+    let body = json!({"sandbox": "qa", "repository": repository, "branch": branch});
+    let d = json_of(h.deploy(cookie, body).await, 201).await;
+    d["id"].as_str().unwrap().to_owned()
+}
+
 async fn error_of(res: reqwest::Response, status: u16) -> String {
     assert_eq!(
         res.headers()["content-type"].to_str().unwrap(),
@@ -817,16 +824,7 @@ async fn a_lost_message_is_replayed_and_the_log_has_no_gap() {
     let h = Harness::start(BOTH).await;
     let cookie = h.session().await;
     h.sandbox(&cookie, "qa", json!({})).await;
-    let d = json_of(
-        h.deploy(
-            &cookie,
-            json!({"sandbox": "qa", "repository": "eredar", "branch": LOSSY_BRANCH}),
-        )
-        .await,
-        201,
-    )
-    .await;
-    let id = d["id"].as_str().unwrap().to_owned();
+    let id = deploy_to_qa(&h, &cookie, "eredar", LOSSY_BRANCH).await;
     let d = h.wait_final(&cookie, &id).await;
     assert_eq!(d["state"], "RUNNING", "{d}");
     assert!(
@@ -857,16 +855,7 @@ async fn a_control_plane_killed_mid_deploy_ends_it_in_its_true_state_with_a_whol
     let mut h = Harness::start(BOTH).await;
     let cookie = h.session().await;
     h.sandbox(&cookie, "qa", json!({})).await;
-    let d = json_of(
-        h.deploy(
-            &cookie,
-            json!({"sandbox": "qa", "repository": "eredar", "branch": SLOW_BRANCH}),
-        )
-        .await,
-        201,
-    )
-    .await;
-    let id = d["id"].as_str().unwrap().to_owned();
+    let id = deploy_to_qa(&h, &cookie, "eredar", SLOW_BRANCH).await;
     // Kill it once the build is under way.
     let deadline = Instant::now() + Duration::from_secs(10);
     while !h
@@ -1030,16 +1019,7 @@ async fn a_websocket_streams_the_deployment_and_its_whole_log_as_json() {
     let h = Harness::start(BOTH).await;
     let cookie = h.session().await;
     h.sandbox(&cookie, "qa", json!({})).await;
-    let d = json_of(
-        h.deploy(
-            &cookie,
-            json!({"sandbox": "qa", "repository": "eredar", "branch": SLOW_BRANCH}),
-        )
-        .await,
-        201,
-    )
-    .await;
-    let id = d["id"].as_str().unwrap();
+    let id = &deploy_to_qa(&h, &cookie, "eredar", SLOW_BRANCH).await;
     let url = format!(
         "{}/api/v1/ws/deployments/{id}",
         h.base.replace("http://", "ws://")

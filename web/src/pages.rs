@@ -102,27 +102,10 @@ fn repositories(web: &Web) -> Vec<String> {
     repos
 }
 
-async fn sandbox_names(web: &Web) -> Vec<String> {
-    web.cp
-        .sandboxes()
-        .await
-        .map(|l| l.into_iter().map(|s| s.name).collect())
-        .unwrap_or_default()
-}
-
-async fn environment_names(web: &Web) -> Vec<String> {
-    web.cp
-        .environments()
-        .await
-        .map(|l| l.into_iter().map(|e| e.name).collect())
-        .unwrap_or_default()
-}
-
-async fn template_names(web: &Web) -> Vec<String> {
-    web.cp
-        .templates()
-        .await
-        .map(|l| l.into_iter().map(|t| t.name).collect())
+/// The names in a list for a form's choices; a list that cannot be read
+/// offers none rather than failing the page.
+fn names<T, E>(list: Result<Vec<T>, E>, name: impl Fn(T) -> String) -> Vec<String> {
+    list.map(|l| l.into_iter().map(name).collect())
         .unwrap_or_default()
 }
 
@@ -281,8 +264,8 @@ async fn deploy_page(
     let page = DeployPage {
         viewer,
         repositories: repositories(web),
-        sandboxes: sandbox_names(web).await,
-        environments: environment_names(web).await,
+        sandboxes: names(web.cp.sandboxes().await, |s| s.name),
+        environments: names(web.cp.environments().await, |e| e.name),
         branches,
         form,
         error,
@@ -729,8 +712,8 @@ async fn sandboxes_page(
         viewer,
         sandboxes: list.iter().map(SandboxRow::from).collect(),
         repositories: repositories(web),
-        templates: template_names(web).await,
-        environments: environment_names(web).await,
+        templates: names(web.cp.templates().await, |t| t.name),
+        environments: names(web.cp.environments().await, |e| e.name),
         error,
     };
     (status, sb_view::overview(&page)).into_response()
@@ -1037,7 +1020,7 @@ async fn templates_page(
                 viewer,
                 templates: list.iter().map(TemplateRow::from).collect(),
                 repositories: repositories(web),
-                environments: environment_names(web).await,
+                environments: names(web.cp.environments().await, |e| e.name),
                 message,
                 error,
             }),
